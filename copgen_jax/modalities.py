@@ -1,0 +1,433 @@
+"""The modality registry: the one place that knows what each modality is.
+
+Every other module asks the registry for shapes, token counts, band names,
+normalisation and file naming; no modality name is spelled out elsewhere.
+
+Physical units (what users give and get back):
+  * S2 L1C / L2A: digital numbers (reflectance x 10000), shape (bands, H, W).
+  * S1 RTC: linear backscatter power (or dB with ``units="db"``), (2, H, W).
+  * DEM: metres above sea level, (1, H, W).
+  * Land cover / cloud mask: raw class codes, (1, H, W).
+  * Lat/lon: degrees, shape (2,) as (lat, lon).
+  * Date: ``numpy.datetime64`` day(s), shape () or (...,).
+
+Network units: image modalities (C, H, W) in [-1, 1]; categorical ones one-hot
+(K, H, W) mapped to {-1, 1}; scalars a 3-vector.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+
+class ModalityError(ValueError):
+    """Bad input for a modality: wrong shape, band count, unknown name, NaNs."""
+
+
+# ---------------------------------------------------------------------------
+# Codecs: the maths between physical units and the network's range.
+# ---------------------------------------------------------------------------
+
+
+def _to_unit(x, lo, hi):
+    return 2.0 * (x - lo) / (hi - lo) - 1.0
+
+
+def _from_unit(y, lo, hi):
+    return (y + 1.0) / 2.0 * (hi - lo) + lo
+
+
+@dataclasses.dataclass(frozen=True)
+class Reflectance:
+    """Sentinel-2 digital numbers: ``x / 10000`` then ``2x - 1`` (no clipping)."""
+
+    scale: float = 10000.0
+
+    def encode(self, x, units=None):
+        return 2.0 * (x / self.scale) - 1.0
+
+    def decode(self, y, units=None):
+        return (y + 1.0) / 2.0 * self.scale
+
+
+@dataclasses.dataclass(frozen=True)
+class LogPower:
+    """S1 backscatter: linear power -> dB -> min-max over [min_db, max_db].
+
+    Non-positive powers are nodata in RTC products; they map to ``min_positive``.
+    ``units="db"`` takes / returns decibels instead of linear power.
+    """
+
+    min_positive: float = 2.6380407689430285e-06
+    min_db: float = -55.787186
+    max_db: float = 40.2258
+
+    def encode(self, x, units=None):
+        if units == "db":
+            x = np.power(10.0, np.asarray(x, np.float64) / 10.0)
+        x = np.where(x <= 0, self.min_positive, x)
+        return _to_unit(10.0 * np.log10(x), self.min_db, self.max_db)
+
+    def decode(self, y, units=None):
+        db = _from_unit(y, self.min_db, self.max_db)
+        return db if units == "db" else np.power(10.0, db / 10.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Elevation:
+    """DEM metres: ``log1p`` then min-max, as the reference does.
+
+    The reference clamps elevations <= 0 to ``min_positive`` and so loses
+    everything at or below sea level. ``signed=True`` (an option, off for
+    compatibility with released weights) uses ``sign(x) log1p(|x|)`` over
+    [-log1p(500), log1p(8849)] so the Dead Sea and polders survive.
+    """
+
+    min_positive: float = 5.899129519093549e-06
+    lo: float = 0.000006
+    hi: float = 9.088
+    signed: bool = False
+    signed_lo: float = -math.log1p(500.0)
+
+    def encode(self, x, units=None):
+        if self.signed:
+            return _to_unit(np.sign(x) * np.log1p(np.abs(x)), self.signed_lo, self.hi)
+        x = np.where(x <= 0, self.min_positive, x)
+        return _to_unit(np.log1p(x), self.lo, self.hi)
+
+    def decode(self, y, units=None):
+        if self.signed:
+            v = _from_unit(y, self.signed_lo, self.hi)
+            return np.sign(v) * np.expm1(np.abs(v))
+        return np.expm1(_from_unit(y, self.lo, self.hi))
+
+
+@dataclasses.dataclass(frozen=True)
+class OneHot:
+    """Class codes -> one-hot over ``codes`` -> {-1, 1}; decode = argmax -> code.
+
+    Unlike the reference, a code outside the table is an error, not class 0.
+    """
+
+    codes: tuple[int, ...]
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self):
+        return len(self.codes)
+
+    def index_of(self, codes):
+        codes = np.asarray(codes)
+        lookup = np.full(max(self.codes) + 1, -1, np.int64)
+        lookup[list(self.codes)] = np.arange(self.num_classes)
+        valid = (codes >= 0) & (codes <= max(self.codes)) & (codes == np.round(codes))
+        idx = np.where(valid, lookup[np.clip(codes, 0, max(self.codes)).astype(np.int64)], -1)
+        if (idx < 0).any():
+            bad = np.unique(codes[idx < 0])[:10]
+            raise ModalityError(f"class codes {bad.tolist()} are not in the table {list(self.codes)}")
+        return idx
+
+    def encode(self, x, units=None):
+        # (..., 1, H, W) codes -> (..., K, H, W)
+        idx = self.index_of(np.asarray(x)[..., 0, :, :])
+        onehot = np.moveaxis(np.eye(self.num_classes, dtype=np.float32)[idx], -1, -3)
+        return 2.0 * onehot - 1.0
+
+    def decode(self, y, units=None):
+        idx = np.argmax(np.asarray(y), axis=-3)
+        return np.asarray(self.codes, np.int64)[idx][..., None, :, :]
+
+
+@dataclasses.dataclass(frozen=True)
+class LatLon:
+    """(lat, lon) degrees -> unit vector (cos lat cos lon, cos lat sin lon, sin lat)."""
+
+    def encode(self, x, units=None):
+        lat, lon = np.radians(x[..., 0]), np.radians(x[..., 1])
+        return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], -1)
+
+    def decode(self, y, units=None):
+        y = np.asarray(y, np.float64)
+        # Generated vectors are not exactly unit length: project first.
+        y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+        lat = np.degrees(np.arcsin(np.clip(y[..., 2], -1, 1)))
+        lon = np.degrees(np.arctan2(y[..., 1], y[..., 0]))
+        return np.stack([lat, lon], -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Date:
+    """Day -> (sin 2pi doy/D, cos 2pi doy/D, year scaled to [-1, 1] over 1950..2050).
+
+    ``doy`` is 1-based (1 January = 1), D = 365 or 366.
+    """
+
+    min_year: int = 1950
+    max_year: int = 2050
+
+    def encode(self, x, units=None):
+        day = np.asarray(x, "datetime64[D]")
+        year = day.astype("datetime64[Y]").astype(np.int64) + 1970
+        doy = (day - day.astype("datetime64[Y]")).astype(np.int64) + 1
+        days = _days_in_year(year)
+        angle = 2 * np.pi * doy / days
+        scaled = _to_unit(year.astype(np.float64), self.min_year, self.max_year)
+        return np.stack([np.sin(angle), np.cos(angle), scaled], -1)
+
+    def decode(self, y, units=None):
+        y = np.asarray(y, np.float64)
+        year = np.round(_from_unit(y[..., 2], self.min_year, self.max_year)).astype(np.int64)
+        days = _days_in_year(year)
+        angle = np.mod(np.arctan2(y[..., 0], y[..., 1]), 2 * np.pi)
+        doy = np.mod(np.round(angle * days / (2 * np.pi)).astype(np.int64), days)
+        doy = np.where(doy == 0, days, doy)
+        start = (year - 1970).astype("datetime64[Y]").astype("datetime64[D]")
+        return start + (doy - 1).astype("timedelta64[D]")
+
+
+def _days_in_year(year):
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    return np.where(leap, 366, 365)
+
+
+# ---------------------------------------------------------------------------
+# The modality record.
+# ---------------------------------------------------------------------------
+
+IMAGE, CATEGORICAL, SCALAR = "image", "categorical", "scalar"
+
+
+@dataclasses.dataclass(frozen=True)
+class Modality:
+    """One modality: what it is, how big, how it is tokenised and normalised."""
+
+    name: str
+    kind: str  # IMAGE | CATEGORICAL | SCALAR
+    bands: tuple[str, ...]  # physical channel order (scalars: components)
+    codec: Any
+    size: int = 1  # native pixels per side (scalars: 1)
+    gsd: float | None = None  # metres per pixel
+    product: str | None = None  # Major TOM product the bands come from
+    latent_channels: int = 8
+    downsample: int = 8  # tokenizer spatial reduction
+    patch: int = 2
+    scale_factor: float = 1.0  # applied to tokenizer latents
+
+    # -- shapes ------------------------------------------------------------
+    @property
+    def is_scalar(self) -> bool:
+        return self.kind == SCALAR
+
+    @property
+    def num_classes(self) -> int:
+        return self.codec.num_classes if self.kind == CATEGORICAL else 0
+
+    @property
+    def physical_shape(self) -> tuple[int, ...]:
+        """Shape in physical units, per sample."""
+        if self.is_scalar:
+            return (2,) if isinstance(self.codec, LatLon) else ()
+        return (len(self.bands), self.size, self.size)
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """Shape in the network's range (what tokenizers eat), per sample."""
+        if self.is_scalar:
+            return (3,)
+        channels = self.num_classes or len(self.bands)
+        return (channels, self.size, self.size)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) the backbone sees; scalars are (1, 1, 3)."""
+        if self.is_scalar:
+            return (1, 1, 3)
+        side = self.size // self.downsample
+        return (self.latent_channels, side, side)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        c, h, w = self.latent_shape
+        return (h // self.patch, w // self.patch) if not self.is_scalar else (1, 3)
+
+    @property
+    def num_tokens(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    @property
+    def patch_dim(self) -> int:
+        """Values one token carries: patch**2 * latent channels."""
+        return self.patch * self.patch * self.latent_shape[0]
+
+    # -- normalisation -------------------------------------------------------
+    def normalize(self, x, units=None) -> np.ndarray:
+        """Physical units -> network range; validates first."""
+        x = self.validate(x, units=units)
+        return np.asarray(self.codec.encode(x, units=units), np.float32)
+
+    def denormalize(self, y, units=None) -> np.ndarray:
+        """Network range -> physical units (inverse of ``normalize``)."""
+        y = np.asarray(y)
+        expect = self.pixel_shape
+        if y.shape[y.ndim - len(expect):] != expect:
+            raise ModalityError(
+                f"{self.name}: network-range array has shape {y.shape}, expected (..., {_fmt(expect)})")
+        return self.codec.decode(y.astype(np.float64), units=units)
+
+    def validate(self, x, units=None) -> np.ndarray:
+        """Check a physical-unit array; returns it as float64 (dates: datetime64)."""
+        if isinstance(self.codec, Date):
+            try:
+                return np.asarray(x, "datetime64[D]")
+            except (TypeError, ValueError) as e:
+                raise ModalityError(f"{self.name}: cannot read {x!r} as a date (use YYYY-MM-DD)") from e
+        x = np.asarray(x)
+        expect = self.physical_shape
+        tail = x.shape[x.ndim - len(expect):] if x.ndim >= len(expect) else x.shape
+        if x.ndim < len(expect) or tail != expect:
+            hint = ""
+            if len(expect) == 3 and x.ndim >= 3 and x.shape[-3] != expect[0]:
+                hint = f" ({x.shape[-3]} bands given, {expect[0]} expected: {', '.join(self.bands)})"
+            elif len(expect) == 3 and x.ndim >= 2 and x.shape[-2:] != expect[1:]:
+                hint = f" ({x.shape[-2]}x{x.shape[-1]} px given, {expect[1]}x{expect[2]} expected at {self.gsd} m)"
+            raise ModalityError(
+                f"{self.name}: array has shape {x.shape}, expected (..., {_fmt(expect)}){hint}")
+        x = x.astype(np.float64)
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).sum())
+            raise ModalityError(
+                f"{self.name}: {bad} non-finite values (NaN/inf); fill or mask them before normalising")
+        return x
+
+
+def _fmt(shape):
+    return ", ".join(str(s) for s in shape)
+
+
+# ---------------------------------------------------------------------------
+# The official table (SPEC §2), and the registry built from it.
+# ---------------------------------------------------------------------------
+
+LULC_CLASSES = OneHot(
+    codes=(0, 1, 2, 4, 5, 7, 8, 9, 10, 11),
+    class_names=("No data", "Water", "Trees", "Flooded vegetation", "Crops", "Built-up",
+                 "Bare ground", "Snow/Ice", "Clouds", "Rangeland"))
+CLOUD_CLASSES = OneHot(codes=(0, 1, 2, 3), class_names=("Clear", "Thick cloud", "Thin cloud", "Shadow"))
+
+
+def _s2(name, bands, size, gsd, product, scale_factor):
+    return Modality(name, IMAGE, bands, Reflectance(), size, gsd, product, scale_factor=scale_factor)
+
+
+OFFICIAL: tuple[Modality, ...] = (
+    Modality("3d_cartesian_lat_lon", SCALAR, ("x", "y", "z"), LatLon(), latent_channels=1,
+             downsample=1, patch=1),
+    Modality("DEM_DEM", IMAGE, ("DEM",), Elevation(), 64, 30.0, "Core-DEM", scale_factor=0.404247),
+    Modality("LULC_LULC", CATEGORICAL, ("LULC",), LULC_CLASSES, 192, 10.0, "Core-LULC",
+             scale_factor=0.464794),
+    Modality("S1RTC_vh_vv", IMAGE, ("vv", "vh"), LogPower(), 192, 10.0, "Core-S1RTC",
+             scale_factor=0.633804),
+    _s2("S2L1C_B01_B09_B10", ("B01", "B09", "B10"), 32, 60.0, "Core-S2L1C", 0.565812),
+    _s2("S2L1C_B02_B03_B04_B08", ("B04", "B03", "B02", "B08"), 192, 10.0, "Core-S2L1C", 0.772514),
+    _s2("S2L1C_B05_B06_B07_B11_B12_B8A", ("B05", "B06", "B07", "B8A", "B11", "B12"), 96, 20.0,
+        "Core-S2L1C", 0.765817),
+    Modality("S2L1C_cloud_mask", CATEGORICAL, ("cloud_mask",), CLOUD_CLASSES, 192, 10.0, "Core-S2L1C",
+             scale_factor=0.557045),
+    _s2("S2L2A_B01_B09", ("B01", "B09"), 32, 60.0, "Core-S2L2A", 0.571367),
+    _s2("S2L2A_B02_B03_B04_B08", ("B04", "B03", "B02", "B08"), 192, 10.0, "Core-S2L2A", 0.853416),
+    _s2("S2L2A_B05_B06_B07_B11_B12_B8A", ("B05", "B06", "B07", "B8A", "B11", "B12"), 96, 20.0,
+        "Core-S2L2A", 0.567267),
+    Modality("mean_timestamps", SCALAR, ("sin_doy", "cos_doy", "year"), Date(), latent_channels=1,
+             downsample=1, patch=1),
+)
+
+
+class Registry(Sequence[Modality]):
+    """An ordered set of modalities, sorted by name (this fixes token order)."""
+
+    def __init__(self, modalities: Iterable[Modality]):
+        self._mods = tuple(sorted(modalities, key=lambda m: m.name))
+        self._by_name = {m.name: m for m in self._mods}
+        if len(self._by_name) != len(self._mods):
+            raise ModalityError("duplicate modality names in registry")
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self._by_name:
+                raise ModalityError(f"unknown modality {key!r}; known: {', '.join(self.names)}")
+            return self._by_name[key]
+        return self._mods[key]
+
+    def __len__(self):
+        return len(self._mods)
+
+    def __contains__(self, key):
+        return key in self._by_name if isinstance(key, str) else key in self._mods
+
+    def __repr__(self):
+        return f"Registry({', '.join(self.names)})"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self._mods)
+
+    def index(self, name: str) -> int:
+        return self.names.index(self[name].name)
+
+    @property
+    def num_tokens(self) -> int:
+        """Patch tokens plus one time token per modality."""
+        return sum(m.num_tokens for m in self._mods) + len(self._mods)
+
+    @property
+    def spatial(self) -> tuple[Modality, ...]:
+        return tuple(m for m in self._mods if not m.is_scalar)
+
+    def subset(self, names: Iterable[str]) -> "Registry":
+        return Registry(self[n] for n in names)
+
+    def latent_shapes(self) -> dict[str, tuple[int, int, int]]:
+        return {m.name: m.latent_shape for m in self._mods}
+
+
+def build_registry(names: Sequence[str] | None = None, pixel_scale: int = 1,
+                   downsample: int = 8, patch: int | None = None,
+                   latent_channels: int | None = None, signed_dem: bool = False) -> Registry:
+    """The official registry, or a smaller variant for tests and the demo.
+
+    ``pixel_scale`` divides every native size (192 -> 48 for 4); ``downsample``
+    is the tokenizer's reduction; ``patch`` overrides the image patch size.
+    Sizes must stay divisible so every latent grid is whole.
+    """
+    official = Registry(OFFICIAL)
+    chosen = official if names is None else official.subset(names)
+    out = []
+    for m in chosen:
+        if m.is_scalar:
+            out.append(m)
+            continue
+        size = m.size // pixel_scale
+        p = patch or m.patch
+        if m.size % pixel_scale or size % downsample or (size // downsample) % p:
+            raise ModalityError(
+                f"{m.name}: native {m.size} px / pixel_scale {pixel_scale} / downsample {downsample} "
+                f"/ patch {p} does not give a whole token grid; choose divisors of {m.size}")
+        codec = dataclasses.replace(m.codec, signed=True) if isinstance(m.codec, Elevation) and signed_dem else m.codec
+        out.append(dataclasses.replace(m, size=size, downsample=downsample, patch=p, codec=codec,
+                                       latent_channels=latent_channels or m.latent_channels,
+                                       gsd=m.gsd * pixel_scale if m.gsd else m.gsd))
+    return Registry(out)
+
+
+def registry_from_config(cfg) -> Registry:
+    """Build the registry a config's ``modalities`` block asks for."""
+    mc = cfg.modalities
+    return build_registry(
+        names=list(mc.names) if mc.get("names") else None,
+        pixel_scale=mc.get("pixel_scale", 1), downsample=mc.get("downsample", 8),
+        patch=mc.get("patch") or None, latent_channels=mc.get("latent_channels") or None,
+        signed_dem=mc.get("signed_dem", False))
