@@ -1,0 +1,244 @@
+"""The U-ViT backbone (SPEC §4): one token sequence over all modalities.
+
+Sequence = one time token per modality (its own diffusion timestep), then every
+modality's patch tokens, in registry (sorted-name) order, plus a learned
+positional embedding. Post-LayerNorm blocks with long skips between the "in"
+and "out" halves. A per-modality head maps tokens back to latents.
+
+The forward pass takes dicts keyed by modality name. A modality left out of
+the dict is physically dropped from the sequence (its positional rows are not
+gathered), and a per-sample ``present`` mask removes modalities from attention
+for some samples only; the two agree exactly, which is what makes sampling
+with dropped modalities fast.
+
+Parameters carry logical axis names (``embed``, ``mlp``, ``heads``, ``patch``,
+...) that ``copgen_jax.parallel`` maps to mesh axes with the config's rules.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from copgen_jax import parallel
+from copgen_jax.modalities import Modality, Registry
+
+trunc_normal = nnx.initializers.truncated_normal(stddev=0.02)
+zeros = nnx.initializers.zeros_init()
+ones = nnx.initializers.ones_init()
+
+
+def _param(rngs, init, shape, axes, dtype=jnp.float32):
+    return nnx.Param(nnx.with_partitioning(init, axes)(rngs.params(), shape, dtype))
+
+
+def _torch_default_uniform(fan_in):
+    """PyTorch's default Conv/Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+class Dense(nnx.Module):
+    """y = x W + b with logical axes on W; params fp32, compute in ``dtype``."""
+
+    def __init__(self, din, dout, axes, rngs, *, bias=True, init=trunc_normal, bias_init=zeros,
+                 dtype=jnp.float32):
+        self.kernel = _param(rngs, init, (din, dout), axes)
+        self.bias = _param(rngs, bias_init, (dout,), axes[1:]) if bias else None
+        self.dtype = dtype
+
+    def __call__(self, x):
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm (eps 1e-5) whose statistics are always taken in fp32."""
+
+    def __init__(self, dim, rngs, eps=1e-5):
+        self.scale = _param(rngs, ones, (dim,), ("norm",))
+        self.bias = _param(rngs, zeros, (dim,), ("norm",))
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention; fused qkv without bias, projection with bias.
+
+    The qkv kernel is stored as (D, 3, heads, head_dim) so that tensor
+    parallelism splits whole heads; it is the release's (3D, D) weight
+    transposed and reshaped.
+    """
+
+    def __init__(self, dim, heads, rngs, dtype, attention_dtype):
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = _param(rngs, trunc_normal, (dim, 3, heads, self.head_dim), ("embed", None, "heads", None))
+        self.proj = _param(rngs, trunc_normal, (heads, self.head_dim, dim), ("heads", None, "embed"))
+        self.proj_bias = _param(rngs, zeros, (dim,), ("embed",))
+        self.dtype, self.attention_dtype = dtype, attention_dtype
+
+    def __call__(self, x, key_mask):
+        qkv = jnp.einsum("bld,dthk->tbhlk", x.astype(self.dtype), self.qkv[...].astype(self.dtype))
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        logits = jnp.einsum("bhqk,bhlk->bhql", q, k, preferred_element_type=self.attention_dtype)
+        logits = logits.astype(self.attention_dtype) * (self.head_dim ** -0.5)
+        if key_mask is not None:
+            logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhql,bhlk->bhqk", weights, v)
+        out = jnp.einsum("bhqk,hkd->bqd", out, self.proj[...].astype(self.dtype))
+        return out + self.proj_bias[...].astype(self.dtype)
+
+
+class Mlp(nnx.Module):
+    def __init__(self, dim, hidden, rngs, dtype):
+        self.fc1 = Dense(dim, hidden, ("embed", "mlp"), rngs, dtype=dtype)
+        self.fc2 = Dense(hidden, dim, ("mlp", "embed"), rngs, dtype=dtype)
+
+    def __call__(self, x):
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Block(nnx.Module):
+    """Post-LN block; with ``skip`` it first fuses the long-skip input."""
+
+    def __init__(self, dim, heads, mlp_ratio, rngs, *, skip=False, dtype=jnp.float32,
+                 attention_dtype=jnp.float32):
+        if skip:
+            self.skip_linear = Dense(2 * dim, dim, (None, "embed"), rngs, dtype=dtype)
+            self.norm1 = LayerNorm(dim, rngs)
+        else:
+            self.skip_linear = self.norm1 = None
+        self.norm2 = LayerNorm(dim, rngs)
+        self.attn = Attention(dim, heads, rngs, dtype, attention_dtype)
+        self.norm3 = LayerNorm(dim, rngs)
+        self.mlp = Mlp(dim, dim * mlp_ratio, rngs, dtype)
+
+    def __call__(self, x, key_mask, skip=None):
+        if self.skip_linear is not None:
+            x = self.norm1(self.skip_linear(jnp.concatenate([x, skip], axis=-1)))
+        x = self.norm2(x + self.attn(x, key_mask))
+        x = self.norm3(x + self.mlp(x))
+        return parallel.constrain(x, ("batch", "tokens", "embed"))
+
+
+def timestep_embedding(t, dim, max_period=10000.0):
+    """Sinusoidal embedding with [cos, sin] halves (UniDiffuser layout)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def patchify(x, p):
+    """(B, C, H, W) -> (B, (H/p)(W/p), p*p*C) in ``(h w) (p1 p2 C)`` order."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p)
+    return x.transpose(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x, c, h, w, p):
+    """Inverse of ``patchify``."""
+    b = x.shape[0]
+    x = x.reshape(b, h // p, w // p, p, p, c)
+    return x.transpose(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+
+
+class UViT(nnx.Module):
+    """COP-GEN's U-ViT over the modalities of ``registry``."""
+
+    def __init__(self, registry: Registry, *, hidden, depth, heads, mlp_ratio=4, rngs: nnx.Rngs,
+                 dtype=jnp.float32, attention_dtype=jnp.float32, remat=False):
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
+        self.registry, self.hidden, self.remat = registry, hidden, remat
+        self.dtype = dtype
+        block = functools.partial(Block, hidden, heads, mlp_ratio, rngs, dtype=dtype,
+                                  attention_dtype=attention_dtype)
+        self.pos_embed = _param(rngs, trunc_normal, (1, registry.num_tokens, hidden), (None, "tokens", "embed"))
+        self.patch_embeds = nnx.List([
+            Dense(m.patch_dim, hidden, ("patch", "embed"), rngs, init=_torch_default_uniform(m.patch_dim),
+                  bias_init=_torch_default_uniform(m.patch_dim), dtype=dtype) for m in registry])
+        self.in_blocks = nnx.List([block() for _ in range(depth // 2)])
+        self.mid_block = block()
+        self.out_blocks = nnx.List([block(skip=True) for _ in range(depth // 2)])
+        self.norm = LayerNorm(hidden, rngs)
+        self.decoder_preds = nnx.List([Dense(hidden, m.patch_dim, ("embed", "patch"), rngs, dtype=dtype)
+                                       for m in registry])
+
+    # -- sequence layout -------------------------------------------------------
+    def _layout(self, names):
+        """Positional rows of the kept modalities: time tokens, then patches."""
+        reg = self.registry
+        offsets = np.cumsum([len(reg)] + [m.num_tokens for m in reg])
+        time_rows = [reg.index(n) for n in names]
+        patch_rows = [np.arange(offsets[reg.index(n)], offsets[reg.index(n)] + reg[n].num_tokens) for n in names]
+        return np.asarray(time_rows + list(np.concatenate(patch_rows)), np.int32)
+
+    def _check(self, latents, timesteps):
+        for name, x in latents.items():
+            m = self.registry[name]
+            if tuple(x.shape[1:]) != m.latent_shape:
+                raise ValueError(f"{name}: latent has shape {tuple(x.shape)}, expected (B, {m.latent_shape})")
+            if name not in timesteps:
+                raise ValueError(f"{name}: no timestep given")
+        return [m.name for m in self.registry if m.name in latents]
+
+    def __call__(self, latents: dict, timesteps: dict, present: dict | None = None) -> dict:
+        names = self._check(latents, timesteps)
+        mods: list[Modality] = [self.registry[n] for n in names]
+        idx = [self.registry.index(n) for n in names]
+        batch = latents[names[0]].shape[0]
+
+        time_tokens = [timestep_embedding(timesteps[n], self.hidden) for n in names]
+        patch_tokens = [self.patch_embeds[i](patchify(latents[m.name].reshape(batch, *m.latent_shape), m.patch))
+                        for i, m in zip(idx, mods)]
+        x = jnp.concatenate([jnp.stack(time_tokens, 1).astype(self.dtype)] + patch_tokens, axis=1)
+        x = x + self.pos_embed[...][:, self._layout(names)].astype(self.dtype)
+        x = parallel.constrain(x, ("batch", "tokens", "embed"))
+
+        key_mask = None
+        if present is not None:
+            # Each modality's presence covers its time token and its patch tokens.
+            per_mod = [present[n].astype(bool) for n in names]
+            key_mask = jnp.concatenate([jnp.stack(per_mod, 1)] +
+                                       [jnp.repeat(p[:, None], m.num_tokens, 1) for p, m in zip(per_mod, mods)], 1)
+
+        call = (lambda blk, x, s=None: nnx.remat(type(blk).__call__)(blk, x, key_mask, s)) if self.remat \
+            else (lambda blk, x, s=None: blk(x, key_mask, s))
+        skips = []
+        for blk in self.in_blocks:
+            x = call(blk, x)
+            skips.append(x)
+        x = call(self.mid_block, x)
+        for blk in self.out_blocks:
+            x = call(blk, x, skips.pop())
+        x = self.norm(x)
+
+        out, start = {}, len(names)
+        for i, m in zip(idx, mods):
+            tokens = x[:, start:start + m.num_tokens]
+            start += m.num_tokens
+            c, h, w = m.latent_shape
+            out[m.name] = unpatchify(self.decoder_preds[i](tokens).astype(jnp.float32), c, h, w, m.patch)
+        return out
+
+
+def backbone_from_config(cfg, registry: Registry, rngs: nnx.Rngs) -> UViT:
+    mc = cfg.model
+    return UViT(registry, hidden=mc.hidden, depth=mc.depth, heads=mc.heads, mlp_ratio=mc.mlp_ratio,
+                rngs=rngs, dtype=jnp.dtype(mc.dtype), attention_dtype=jnp.dtype(mc.attention_dtype),
+                remat=mc.remat)
