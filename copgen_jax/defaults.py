@@ -82,7 +82,6 @@ def default_config() -> ml_collections.ConfigDict:
         ("embed", "fsdp"),
         ("mlp", "tensor"),
         ("heads", "tensor"),
-        ("qkv", "tensor"),
         ("tokens", None),
         ("patch", None),
     )

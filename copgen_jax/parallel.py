@@ -68,11 +68,20 @@ def make_mesh(cfg_mesh, devices=None) -> Mesh:
     devices = devices if devices is not None else jax.devices()
     sizes = mesh_shape(cfg_mesh, len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Explicit,) * 3, devices=devices)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+# Every logical axis name the models use; any the rules leave out is replicated.
+LOGICAL_AXES = ("batch", "tokens", "embed", "act_embed", "mlp", "heads", "patch", "norm", "conv_in", "conv_out")
 
 
 def rules_from_config(cfg_mesh) -> tuple:
-    return tuple((name, tuple(t) if isinstance(t, (list, tuple)) else t) for name, t in cfg_mesh.rules)
+    rules = {name: tuple(t) if isinstance(t, (list, tuple)) else t for name, t in cfg_mesh.rules}
+    for name, target in rules.items():
+        for axis in (target if isinstance(target, tuple) else (target,)):
+            if axis is not None and axis not in MESH_AXES:
+                raise ShardingError(f"rule {name!r} -> {axis!r}: mesh axes are {MESH_AXES}")
+    return tuple(rules.items()) + tuple((n, None) for n in LOGICAL_AXES if n not in rules)
 
 
 @contextlib.contextmanager
@@ -80,6 +89,9 @@ def use_mesh(mesh: Mesh, rules):
     """Mesh and logical rules for everything traced inside."""
     with jax.set_mesh(mesh), flax_spmd.logical_axis_rules(rules):
         yield
+
+
+logical_rules = flax_spmd.logical_axis_rules
 
 
 def logical_spec(axes) -> P:
@@ -148,19 +160,28 @@ def param_shardings(model, mesh: Mesh, rules):
         return nnx.get_named_sharding(nnx.state(model, nnx.Param), mesh)
 
 
-def bytes_per_device(abstract_state, mesh: Mesh, rules) -> int:
-    """Largest per-device parameter footprint under the rules, computed from shapes."""
-    per_device = np.zeros(mesh.devices.size)
-    flat = mesh.devices.reshape(-1)
+def abstract_mesh(cfg_mesh, num_devices: int | None = None) -> jax.sharding.AbstractMesh:
+    """A mesh of the configured shape without needing its devices (for --describe).
+
+    ``num_devices`` resolves a -1 axis; without one the config's sizes are taken as they are.
+    """
+    if num_devices is None:
+        num_devices = int(np.prod([max(int(cfg_mesh.get(a, 1)), 1) for a in MESH_AXES]))
+    sizes = mesh_shape(cfg_mesh, num_devices)
+    return jax.sharding.AbstractMesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES,
+                                     axis_types=(AxisType.Auto,) * 3)
+
+
+def bytes_per_device(abstract_state, mesh, rules) -> int:
+    """Parameter bytes one device holds under the rules, computed from shapes only."""
     with flax_spmd.logical_axis_rules(rules):
         specs = nnx.get_partition_spec(abstract_state)
-    leaves = jax.tree.leaves(abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    for var, spec_var in zip(leaves, spec_leaves):
-        arr = var.get_value()
-        sharding = NamedSharding(mesh, spec_var.get_value())
-        shard = sharding.shard_shape(arr.shape)
-        nbytes = int(np.prod(shard)) * np.dtype(arr.dtype).itemsize
-        for d in sharding.devices_indices_map(arr.shape):
-            per_device[list(flat).index(d)] += nbytes
-    return int(per_device.max())
+    total = 0
+    for var, spec in zip(_variables(abstract_state), _variables(specs)):
+        shard = NamedSharding(mesh, spec.get_value()).shard_shape(var.shape)
+        total += int(np.prod(shard)) * np.dtype(var.dtype).itemsize
+    return total
+
+
+def _variables(tree):
+    return jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nnx.Variable))

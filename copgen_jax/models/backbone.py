@@ -132,7 +132,7 @@ class Block(nnx.Module):
             x = self.norm1(self.skip_linear(jnp.concatenate([x, skip], axis=-1)))
         x = self.norm2(x + self.attn(x, key_mask))
         x = self.norm3(x + self.mlp(x))
-        return parallel.constrain(x, ("batch", "tokens", "embed"))
+        return parallel.constrain(x, ("batch", "tokens", "act_embed"))
 
 
 def timestep_embedding(t, dim, max_period=10000.0):
@@ -208,7 +208,7 @@ class UViT(nnx.Module):
                         for i, m in zip(idx, mods)]
         x = jnp.concatenate([jnp.stack(time_tokens, 1).astype(self.dtype)] + patch_tokens, axis=1)
         x = x + self.pos_embed[...][:, self._layout(names)].astype(self.dtype)
-        x = parallel.constrain(x, ("batch", "tokens", "embed"))
+        x = parallel.constrain(x, ("batch", "tokens", "act_embed"))
 
         key_mask = None
         if present is not None:

@@ -1,0 +1,92 @@
+"""Orbax checkpoints of a run: save, restore, resume, export.
+
+A run's workdir holds ``config.json`` and ``checkpoints/<step>/`` with the items
+  params      model parameters (nnx.Param state as a pure dict)
+  ema_params  their exponential moving average (what sampling uses)
+  opt_state   optimizer state (absent in exported / converted checkpoints)
+  data        the input iterator's state, so a resumed run sees the same batches
+Arrays restore directly into their shardings on the current mesh.
+"""
+from __future__ import annotations
+
+import json
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+ARRAY_ITEMS = ("params", "ema_params", "opt_state")
+
+
+def checkpoint_dir(workdir) -> epath.Path:
+    return epath.Path(workdir) / "checkpoints"
+
+
+def manager(workdir, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, arrays: dict, data_state=None, force=False) -> bool:
+    """Save ``arrays`` (item name -> pytree) and the iterator state at ``step``."""
+    items = {name: ocp.args.StandardSave(tree) for name, tree in arrays.items()}
+    if data_state is not None:
+        items["data"] = ocp.args.JsonSave(data_state)
+    return mgr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def available_items(workdir, step: int) -> set[str]:
+    path = checkpoint_dir(workdir) / str(step)
+    return {p.name for p in path.iterdir() if p.is_dir()} if path.exists() else set()
+
+
+def restore(mgr: ocp.CheckpointManager, step: int, targets: dict, with_data: bool = True):
+    """Restore the items in ``targets`` (name -> abstract pytree with shardings).
+
+    Items the checkpoint lacks (e.g. opt_state of a converted model) are
+    returned as None so the caller can start them fresh.
+    """
+    present = available_items(mgr.directory.parent, step)
+    items = {name: ocp.args.StandardRestore(t) for name, t in targets.items() if name in present}
+    if with_data and "data" in present:
+        items["data"] = ocp.args.JsonRestore()
+    restored = mgr.restore(step, args=ocp.args.Composite(**items))
+    return {name: restored.get(name) if name in items else None for name in list(targets) + ["data"]}
+
+
+def abstract_like(tree):
+    """ShapeDtypeStructs (keeping shardings) to restore into."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def save_config(workdir, cfg: ml_collections.ConfigDict) -> None:
+    if jax.process_index() != 0:
+        return
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {workdir} a copgen_jax run directory?")
+    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+
+
+def _tuples(obj):
+    """JSON turns tuples into lists; configs use tuples for immutable sequences."""
+    if isinstance(obj, dict):
+        return {k: _tuples(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return tuple(_tuples(v) for v in obj)
+    return obj
+
+
+def latest_step(workdir) -> int | None:
+    d = checkpoint_dir(workdir)
+    if not d.exists():
+        return None
+    steps = [int(p.name) for p in d.iterdir() if p.name.isdigit()]
+    return max(steps) if steps else None

@@ -1,0 +1,82 @@
+"""Entry point: ``python -m copgen_jax.main --config=configs/NAME.py --workdir=DIR``.
+
+``--config.x=y`` overrides any config value; ``--describe`` prints the model's
+size and layout (last line: one JSON object) without allocating it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import jax
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from copgen_jax import parallel
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
+_DESCRIBE = flags.DEFINE_bool("describe", False, "Print parameter count, tokens and per-device bytes; exit.")
+
+
+def describe(cfg) -> dict:
+    """Size and layout of the configured backbone, from shapes only."""
+    from copgen_jax.backbone_task import BackboneTask
+    task = BackboneTask(cfg)
+    rules = parallel.rules_from_config(cfg.mesh)
+    model = parallel.abstract_model(lambda: task.create_model(nnx.Rngs(0)))
+    params = nnx.state(model, nnx.Param)
+    mesh = parallel.abstract_mesh(cfg.mesh, jax.device_count() if -1 in _mesh_sizes(cfg) else None)
+    return {
+        "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+        "tokens": task.registry.num_tokens,
+        "tokens_per_modality": {m.name: m.num_tokens for m in task.registry},
+        "mesh": dict(zip(parallel.MESH_AXES, mesh.axis_sizes)),
+        "param_bytes_per_device": parallel.bytes_per_device(params, mesh, rules),
+        "param_bytes_total": int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(params))),
+    }
+
+
+def _mesh_sizes(cfg):
+    return [cfg.mesh.get(a, 1) for a in parallel.MESH_AXES]
+
+
+def run(cfg, workdir):
+    if cfg.task == "backbone":
+        from copgen_jax.backbone_task import BackboneTask
+        from copgen_jax.train import train
+        return train(cfg, workdir, BackboneTask(cfg))
+    if cfg.task == "tokenizer":
+        from copgen_jax.tokenizer_task import TokenizerTask
+        from copgen_jax.train import train
+        return train(cfg, workdir, TokenizerTask(cfg))
+    if cfg.task == "pipeline":
+        from copgen_jax.pipeline import run_pipeline
+        return run_pipeline(cfg, workdir)
+    raise ValueError(f"unknown task {cfg.task!r}: expected backbone, tokenizer or pipeline")
+
+
+def main(argv):
+    del argv
+    cfg = _CONFIG.value
+    if cfg is None:
+        raise app.UsageError("--config=configs/NAME.py is required")
+    if _DESCRIBE.value:
+        print(json.dumps(describe(cfg)))
+        return
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required to train")
+    parallel.initialize_distributed()
+    run(cfg, _WORKDIR.value)
+
+
+def entry():
+    logging.getLogger().setLevel(logging.INFO)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    entry()
