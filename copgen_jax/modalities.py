@@ -126,8 +126,8 @@ class OneHot:
         valid = (codes >= 0) & (codes <= max(self.codes)) & (codes == np.round(codes))
         idx = np.where(valid, lookup[np.clip(codes, 0, max(self.codes)).astype(np.int64)], -1)
         if (idx < 0).any():
-            bad = np.unique(codes[idx < 0])[:10]
-            raise ModalityError(f"class codes {bad.tolist()} are not in the table {list(self.codes)}")
+            bad = [int(c) if c == np.round(c) else float(c) for c in np.unique(codes[idx < 0])[:10]]
+            raise ModalityError(f"class codes {bad} are not in the table {list(self.codes)}")
         return idx
 
     def encode(self, x, units=None):
@@ -267,7 +267,10 @@ class Modality:
     def normalize(self, x, units=None) -> np.ndarray:
         """Physical units -> network range; validates first."""
         x = self.validate(x, units=units)
-        return np.asarray(self.codec.encode(x, units=units), np.float32)
+        try:
+            return np.asarray(self.codec.encode(x, units=units), np.float32)
+        except ModalityError as e:
+            raise ModalityError(f"{self.name}: {e}") from None
 
     def denormalize(self, y, units=None) -> np.ndarray:
         """Network range -> physical units (inverse of ``normalize``)."""
