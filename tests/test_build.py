@@ -1,0 +1,159 @@
+"""Pixel-shard building from footprint records: content, manifest, resumption, atomicity."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from copgen_jax import shard_writer, shards, tfrecord
+from copgen_jax.modalities import ModalityError, build_registry
+from datasets import build
+
+NAMES = ("3d_cartesian_lat_lon", "DEM_DEM", "LULC_LULC", "S2L2A_B02_B03_B04_B08", "mean_timestamps")
+REG = build_registry(NAMES, pixel_scale=4, downsample=4)
+UTM = (10.0, 0.0, 499980.0, 0.0, -10.0, 8400000.7)  # float32 would round the northing
+
+
+def footprints(cell: str):
+    """2 x 2 footprints of one cell; DEM absent in footprint (1, 1); cell "c1" is a test cell."""
+    rng = np.random.default_rng(int(cell[1:]))
+    for r in range(2):
+        for c in range(2):
+            pixels = {
+                "S2L2A_B02_B03_B04_B08": rng.uniform(0, 4000, (4, 48, 48)).astype(np.float32),
+                "LULC_LULC": rng.choice([1, 2, 5, 11], (1, 48, 48)).astype(np.int32),
+                "3d_cartesian_lat_lon": np.array([45.0 + r, 7.0 + c]),
+                "mean_timestamps": np.datetime64("2021-06-15"),
+            }
+            if (r, c) != (1, 1):
+                pixels["DEM_DEM"] = rng.uniform(0, 3000, (1, 16, 16)).astype(np.float32)
+            yield {"key": f"{cell}/0/{r}_{c}", "cell_id": cell, "observation": 0, "row": r, "col": c,
+                   "split": "test" if cell == "c1" else "train", "crs": "EPSG:32632", "transform": UTM,
+                   "date": "2021-06-15", "pixels": pixels}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def failing_at(bad_cell):
+    def read(cell):
+        if cell == bad_cell:
+            yield next(footprints(cell))
+            raise Interrupted(cell)  # as if the build were killed mid-shard
+        yield from footprints(cell)
+    return read
+
+
+def _build(out, read=footprints, cells=("c0", "c1", "c2")):
+    return build.build_pixel_shards(str(out), REG, list(cells), read, name="copgen_test", progress=False)
+
+
+def _records(out, manifest):
+    got = {}
+    for split in manifest["splits"].values():
+        for s in split["shards"]:
+            for data in tfrecord.read_records(os.path.join(out, s["file"])):
+                rec = shards.decode_record(data, REG, shards.PIXELS, where=s["file"])
+                got[rec["key"]] = rec
+    return got
+
+
+def test_build_writes_shards_and_manifest(tmp_path):
+    manifest = _build(tmp_path)
+    assert manifest["records"] == {"train": 8, "test": 4}
+    files = sorted(f for f in os.listdir(tmp_path) if ".tfrecord-" in f)
+    assert files == [f"copgen_test-{s}.tfrecord-{i:05d}-of-00003" for s in ("test", "train") for i in range(3)]
+    assert manifest["schema"]["LULC_LULC"] == {"dtype": "float32", "shape": [10, 48, 48]}
+    assert manifest["schema"]["DEM_DEM/present"] == {"dtype": "int64", "shape": []}
+    # Every shard's sha256 is right, and the split files list matches the disk.
+    assert shard_writer.verify(str(tmp_path)) == manifest
+    assert shard_writer.shard_files(str(tmp_path), "test") == [str(tmp_path / "copgen_test-test.tfrecord-00001-of-00003")]
+
+    records = _records(tmp_path, manifest)
+    expected = {r["key"]: r for cell in ("c0", "c1", "c2") for r in footprints(cell)}
+    assert records.keys() == expected.keys()
+    for key, rec in records.items():
+        src = expected[key]
+        assert rec["split"] == src["split"] and rec["crs"] == "EPSG:32632" and (rec["row"], rec["col"]) == (src["row"], src["col"])
+        assert rec["transform"] == UTM  # exact, through transform64
+        for m in REG:
+            assert rec["present"][m.name] == (m.name in src["pixels"])
+            if m.name in src["pixels"]:
+                np.testing.assert_array_equal(rec["values"][m.name], m.normalize(src["pixels"][m.name]))
+    assert "DEM_DEM" not in records["c0/0/1_1"]["values"]
+
+    # Statistics are those of the normalised values, over present records only.
+    for name in ("DEM_DEM", "S2L2A_B02_B03_B04_B08", "LULC_LULC"):
+        values = np.concatenate([rec["values"][name].ravel() for rec in records.values() if name in rec["values"]])
+        st = manifest["statistics"][name]
+        assert st["present"] == (9 if name == "DEM_DEM" else 12)
+        np.testing.assert_allclose([st["mean"], st["std"], st["min"], st["max"]],
+                                   [values.mean(), values.std(), values.min(), values.max()], rtol=1e-5)
+    # TFDS metadata describes the same shards.
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert {s["name"]: s["shardLengths"] for s in info["splits"]} == {"train": ["4", "0", "4"], "test": ["0", "4", "0"]}
+
+
+def test_rerun_skips_finished_shards(tmp_path):
+    first = _build(tmp_path)
+    stamps = {f: os.stat(tmp_path / f).st_mtime_ns for f in os.listdir(tmp_path) if ".tfrecord-" in f}
+
+    def must_not_read(cell):
+        raise AssertionError(f"finished cell {cell} was read again")
+
+    assert _build(tmp_path, read=must_not_read) == first
+    assert stamps == {f: os.stat(tmp_path / f).st_mtime_ns for f in stamps}
+
+
+def test_interrupted_build_leaves_no_partial_shard_under_a_final_name_and_resumes(tmp_path):
+    with pytest.raises(Interrupted):
+        _build(tmp_path, read=failing_at("c2"))
+    finals = sorted(f for f in os.listdir(tmp_path) if ".tfrecord-" in f)
+    assert finals == [f"copgen_test-{s}.tfrecord-{i:05d}-of-00003" for s in ("test", "train") for i in range(2)]
+    assert not (tmp_path / "manifest.json").exists()
+    # A kill -9 leaves debris: a partial file, and a final-named shard without its marker.
+    (tmp_path / ".partial" / "copgen_test-train.tfrecord-00002-of-00003.123.abcd").write_bytes(b"\0" * 40)
+    (tmp_path / "copgen_test-train.tfrecord-00002-of-00003").write_bytes(b"half a shard")
+    stamp = os.stat(tmp_path / "copgen_test-train.tfrecord-00000-of-00003").st_mtime_ns
+
+    manifest = _build(tmp_path)
+    assert manifest["records"] == {"train": 8, "test": 4}
+    assert os.stat(tmp_path / "copgen_test-train.tfrecord-00000-of-00003").st_mtime_ns == stamp  # kept
+    shard_writer.verify(str(tmp_path))
+    assert len(_records(tmp_path, manifest)) == 12
+    assert not (tmp_path / ".partial").exists()
+
+
+def test_changed_plan_is_refused(tmp_path):
+    _build(tmp_path)
+    with pytest.raises(shard_writer.BuildError, match="different plan.*units"):
+        _build(tmp_path, cells=("c0", "c1"))
+
+
+def test_verify_names_a_changed_shard(tmp_path):
+    _build(tmp_path)
+    path = tmp_path / "copgen_test-train.tfrecord-00002-of-00003"
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(shard_writer.BuildError, match="copgen_test-train.tfrecord-00002-of-00003: sha256"):
+        shard_writer.verify(str(tmp_path))
+
+
+def test_bad_footprint_record_is_named(tmp_path):
+    def bad(cell):
+        rec = next(footprints(cell))
+        rec["pixels"]["DEM_DEM"] = np.zeros((1, 20, 20), np.float32)
+        yield rec
+
+    with pytest.raises(ModalityError, match=r"'c0/0/0_0'.*DEM_DEM.*1, 16, 16"):
+        _build(tmp_path, read=bad, cells=("c0",))
+
+    def no_split(cell):
+        rec = next(footprints(cell))
+        del rec["split"]
+        yield rec
+
+    with pytest.raises(shards.ShardFormatError, match=r"'c0/0/0_0' lacks \['split'\]"):
+        _build(tmp_path / "b", read=no_split, cells=("c0",))
