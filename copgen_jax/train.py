@@ -83,7 +83,7 @@ def train_step(task, cfg, schedule, state: TrainState, batch, rng):
     ema = nnx.state(state.ema, nnx.Param)
     nnx.update(state.ema, jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, ema,
                                        nnx.state(state.model, nnx.Param)))
-    metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(step))
+    metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(step))
     return state, metrics
 
 
