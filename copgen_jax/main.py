@@ -70,7 +70,9 @@ def main(argv):
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required to train")
     parallel.initialize_distributed()
-    run(cfg, _WORKDIR.value)
+    metrics = run(cfg, _WORKDIR.value)
+    if metrics:
+        logging.info("final metrics %s", json.dumps({k: float(v) for k, v in metrics.items()}, sort_keys=True))
 
 
 def entry():
