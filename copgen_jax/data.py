@@ -104,22 +104,23 @@ class _ShardIterator(grain.DatasetIterator):
 
 
 def parse_latent_moments(item, registry: Registry) -> dict:
-    """(path, index, bytes) -> {"mean", "logvar", "present"}; absent modalities zero."""
+    """(path, index, bytes) -> {"mean", "logvar", "present"} of the present modalities.
+
+    Arrays are zero-copy views of the record; scalars have a mean only.
+    """
     path, index, data = item
     where = f"{path}: record {index}"
     ex = tfrecord.decode_example(data)
     present = shards.present_flags(ex, registry, where)
     mean, logvar = {}, {}
     for m in registry:
-        shape = m.latent_shape
         if not present[m.name]:
-            mean[m.name] = logvar[m.name] = np.zeros(shape, np.float32)
-        elif m.is_scalar:
-            mean[m.name] = shards.value(ex, m.name, m.pixel_shape, where).reshape(shape)
-            logvar[m.name] = np.zeros(shape, np.float32)  # unused: scalars are not sampled
+            continue
+        if m.is_scalar:
+            mean[m.name] = shards.value(ex, m.name, m.pixel_shape, where).reshape(m.latent_shape)
         else:
-            mean[m.name] = shards.value(ex, f"{m.name}/mean", shape, where)
-            logvar[m.name] = shards.value(ex, f"{m.name}/logvar", shape, where)
+            mean[m.name] = shards.value(ex, f"{m.name}/mean", m.latent_shape, where)
+            logvar[m.name] = shards.value(ex, f"{m.name}/logvar", m.latent_shape, where)
     return {"mean": mean, "logvar": logvar, "present": present}
 
 
@@ -135,23 +136,33 @@ def parse_pixels(item, registry: Registry) -> dict:
 
 
 class SampleLatents(grain.transforms.RandomMap):
-    """A batch of moments -> ``z = (mean + exp(logvar/2) eps) * scale_factor``, fresh eps per read."""
+    """Moments -> ``z = (mean + exp(logvar/2) eps) * scale_factor``, fresh eps at every read.
+
+    Runs per record, before batching, so workers stack only ``z`` and the batch
+    is the last step (Grain then hands it over in shared memory).
+    """
 
     def __init__(self, registry: Registry):
         self._registry = registry
 
-    def random_map(self, batch, rng: np.random.Generator):
+    def random_map(self, record, rng: np.random.Generator):
+        # SFC64 draws normals faster than Grain's Philox; seeding it from that
+        # generator keeps every draw a function of (seed, position in stream).
+        fast = np.random.Generator(np.random.SFC64(rng.integers(1 << 63)))
         latents = {}
         for m in self._registry:
-            mean, on = batch["mean"][m.name], batch["present"][m.name]
-            if m.is_scalar:
-                z = mean
+            mean = record["mean"].get(m.name)
+            if mean is None:  # absent
+                latents[m.name] = np.zeros(m.latent_shape, np.float32)
+            elif m.is_scalar:
+                latents[m.name] = mean * np.float32(m.scale_factor)
             else:
-                eps = rng.standard_normal(mean.shape, dtype=np.float32)
-                z = mean + np.exp(0.5 * batch["logvar"][m.name]) * eps
-            mask = on.reshape((-1,) + (1,) * (z.ndim - 1))
-            latents[m.name] = np.where(mask, z * np.float32(m.scale_factor), np.float32(0))
-        return {"latents": latents, "present": batch["present"]}
+                z = fast.standard_normal(mean.shape, dtype=np.float32)
+                z *= np.exp(np.float32(0.5) * record["logvar"][m.name])
+                z += mean
+                z *= np.float32(m.scale_factor)
+                latents[m.name] = z
+        return {"latents": latents, "present": record["present"]}
 
 
 # ---------------------------------------------------------------------------
@@ -187,7 +198,7 @@ def make_dataset(files: Sequence[str], parse: Callable, *, batch_size: int, seed
                  process_index: int = 0, process_count: int = 1, num_workers: int = 0,
                  shuffle_buffer: int = 1024, cycle_length: int = 4, prefetch: int = 2,
                  on_corrupt: str = "raise", num_epochs: int | None = None,
-                 batch_map: grain.transforms.RandomMap | None = None) -> grain.IterDataset:
+                 sample: grain.transforms.RandomMap | None = None) -> grain.IterDataset:
     """The Grain dataset behind both iterators (``batch_size`` is per process)."""
     mine = assign_shards(files, process_index, process_count)
     order_seed, window_seed, map_seed = _seeds(seed, process_index)
@@ -197,9 +208,9 @@ def make_dataset(files: Sequence[str], parse: Callable, *, batch_size: int, seed
     if shuffle_buffer > 1:
         ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_buffer, seed=window_seed)
     ds = ds.map(parse)
+    if sample is not None:
+        ds = ds.random_map(sample, seed=map_seed)
     ds = ds.batch(batch_size, drop_remainder=True)
-    if batch_map is not None:
-        ds = ds.random_map(batch_map, seed=map_seed)
     if num_workers > 0:
         return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                            per_worker_buffer_size=prefetch))
@@ -223,7 +234,7 @@ def make_latent_iterator(cfg, registry: Registry, files: Sequence[str], *, proce
     """Per-process latent batches for the backbone (see the module doc); a Grain DatasetIterator."""
     opts = _options(cfg, registry, files, process_index, process_count, seed, batch_size)
     parse = _Parse(parse_latent_moments, registry)
-    return iter(make_dataset(parse=parse, num_epochs=num_epochs, batch_map=SampleLatents(registry), **opts))
+    return iter(make_dataset(parse=parse, num_epochs=num_epochs, sample=SampleLatents(registry), **opts))
 
 
 def make_pixel_iterator(cfg, registry: Registry, files: Sequence[str], *, process_index: int | None = None,

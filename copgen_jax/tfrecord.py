@@ -169,12 +169,12 @@ class TFRecordReader:
             if masked_crc32c(header[:8]) != length_crc:
                 self._bad("length CRC mismatch", fatal=True)
                 break
-            body = self._f.read(length + 4)
-            if len(body) < length + 4:
-                self._bad(f"truncated data ({len(body)} of {length + 4} bytes)", fatal=True)
+            data, stored = self._f.read(length), self._f.read(4)  # no slicing copy of data
+            if len(data) < length or len(stored) < 4:
+                self._bad(f"truncated data ({len(data) + len(stored)} of {length + 4} bytes)", fatal=True)
                 break
-            data, frame = body[:length], 12 + length + 4
-            if masked_crc32c(data) != struct.unpack("<I", body[length:])[0]:
+            frame = 12 + length + 4
+            if masked_crc32c(data) != struct.unpack("<I", stored)[0]:
                 self._bad("data CRC mismatch", fatal=False)  # names this record, then moves on
                 self.offset, self.index = self.offset + frame, self.index + 1
                 continue
@@ -309,26 +309,60 @@ def _decode_feature(buf, start, end):
     return []  # a Feature with no kind set: an empty list
 
 
+def _rv(b: bytes, pos: int) -> tuple[int, int]:
+    x = b[pos]
+    return (x, pos + 1) if x < 0x80 else _read_varint(b, pos)
+
+
+def _decode_feature_fast(b: bytes, mv, s: int, e: int):
+    """The common cases (one packed float run, one bytes value, one small int) without generators."""
+    if s < e:
+        tag, pos = _rv(b, s)
+        n, pos = _rv(b, pos)
+        if pos + n == e and n:
+            first = b[pos]
+            if tag == 0x12 and first == 0x0A:  # FloatList, one packed run
+                m, p = _rv(b, pos + 1)
+                if p + m == e:
+                    return np.frombuffer(mv[p:e], "<f4")
+            elif tag == 0x1A and n == 3 and first == 0x0A and b[pos + 1] == 1 and b[pos + 2] < 0x80:  # Int64List [v < 128]
+                return np.array([b[pos + 2]], np.int64)
+            elif tag == 0x0A and first == 0x0A:  # BytesList, one value
+                m, p = _rv(b, pos + 1)
+                if p + m == e:
+                    return [b[p:e]]
+    return _decode_feature(mv, s, e)
+
+
 def decode_example(data: bytes) -> dict[str, Any]:
     """Parse a serialised ``tf.train.Example`` into ``{name: value}``.
 
     bytes_list -> list of bytes; float_list -> float32 array (a read-only view
     of ``data``); int64_list -> int64 array.
     """
-    buf = memoryview(data)
+    b = data if isinstance(data, bytes) else bytes(data)
+    mv = memoryview(b)
     out = {}
-    for n, _, (s, e) in _fields(buf):
+    for n, _, (s, e) in _fields(mv):
         if n != 1:
             continue
-        for m, _, (fs, fe) in _fields(buf, s, e):
-            if m != 1:
-                continue
+        pos = s
+        while pos < e:  # Features: map entries only (field 1, LEN)
+            tag, pos = _rv(b, pos)
+            length, pos = _rv(b, pos)
+            if tag != 0x0A:
+                raise ValueError(f"malformed tf.train.Features: tag {tag} at byte {pos}")
+            p, end = pos, pos + length
             key, value = None, []
-            for k, _, (a, b) in _fields(buf, fs, fe):
-                if k == 1:
-                    key = bytes(buf[a:b]).decode()
-                elif k == 2:
-                    value = _decode_feature(buf, a, b)
+            while p < end:  # entry: key = 1, value = 2, both LEN
+                t, p = _rv(b, p)
+                m, p = _rv(b, p)
+                if t == 0x0A:
+                    key = b[p:p + m].decode()
+                elif t == 0x12:
+                    value = _decode_feature_fast(b, mv, p, p + m)
+                p += m
             if key is not None:
                 out[key] = value
+            pos = end
     return out
