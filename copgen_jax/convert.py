@@ -1,0 +1,234 @@
+"""Released COP-GEN PyTorch weights -> a copgen_jax run directory, and back.
+
+    python -m copgen_jax.convert --backbone nnet_ema.pth [--tokenizers DIR] \\
+        --config configs/base.py --out DIR
+    python -m copgen_jax.convert --check-parity --backbone nnet_ema.pth \\
+        [--tokenizers DIR] --config configs/base.py
+
+The output looks like a training run at step 0: ``DIR/config.json`` and
+``DIR/checkpoints/0/{params,ema_params}`` (the same converted weights, no
+optimizer state), so sampling loads it and the training loop fine-tunes it.
+Converted tokenizers go to ``DIR/tokenizers/<modality>/`` in the same layout.
+PyTorch is needed only to read the ``.pth`` files (the ``torch`` extra), on CPU.
+
+``load_backbone(DIR)`` gives the converted network as a jitted function over
+dicts in the release's layout, to compare it with the original directly.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from copgen_jax import checkpoint, parallel
+from copgen_jax.convert_backbone import rules_from_config, size_hints
+from copgen_jax.convert_rules import ConversionError, check_table, to_nnx, to_state_dict
+from copgen_jax.models.backbone import backbone_from_config
+from copgen_jax.modalities import Registry, registry_from_config
+
+__all__ = ["ConversionError", "load_torch_state_dict", "convert_backbone", "to_torch_state_dict",
+           "write_run", "load_params", "load_backbone"]
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("reading PyTorch checkpoints needs torch (CPU is enough): "
+                          "pip install 'copgen_jax[torch]' or pip install torch") from e
+    return torch
+
+
+def load_torch_state_dict(path) -> dict[str, np.ndarray]:
+    """A ``.pth`` state dict as float32 numpy arrays, read on the CPU."""
+    torch = _torch()
+    path = epath.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    with path.open("rb") as f:
+        sd = torch.load(f, map_location="cpu", weights_only=True)
+    if not isinstance(sd, Mapping) or not all(hasattr(v, "shape") for v in sd.values()):
+        kinds = sorted({type(v).__name__ for v in sd.values()}) if isinstance(sd, Mapping) else [type(sd).__name__]
+        raise ConversionError(f"{path} is not a flat state dict of tensors (found {', '.join(kinds)}); "
+                              f"give the bare network's weights (the release's nnet_ema.pth / model-50-ema.pth)")
+    return {k: v.detach().to(torch.float32).numpy() for k, v in sd.items()}
+
+
+def _registry(cfg, registry):
+    return registry if registry is not None else registry_from_config(cfg)
+
+
+def _abstract_params(cfg, registry):
+    model = parallel.abstract_model(lambda: backbone_from_config(cfg, registry, nnx.Rngs(0)))
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def convert_backbone(state_dict: Mapping, cfg, registry: Registry | None = None, source: str = "state dict") -> dict:
+    """Release state dict -> ``UViT`` parameters (nested pure dict of float32 arrays)."""
+    registry = _registry(cfg, registry)
+    rules = rules_from_config(cfg, registry)
+    check_table(rules, _abstract_params(cfg, registry), "backbone")
+    hints = size_hints(state_dict, registry, cfg.model.hidden, cfg.model.depth)
+    what = (f"{source} into the backbone of the config ({len(registry)} modalities, hidden {cfg.model.hidden}, "
+            f"depth {cfg.model.depth}, {cfg.model.heads} heads)")
+    return to_nnx(rules, state_dict, what, hints)
+
+
+def to_torch_state_dict(params: Mapping, cfg, registry: Registry | None = None, as_numpy: bool = False) -> dict:
+    """``UViT`` parameters -> the release's state dict (torch tensors, or numpy with ``as_numpy``)."""
+    registry = _registry(cfg, registry)
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params)
+    sd = to_state_dict(rules_from_config(cfg, registry), params, "backbone parameters into the release's layout")
+    if as_numpy:
+        return sd
+    torch = _torch()
+    return {k: torch.from_numpy(v) for k, v in sd.items()}
+
+
+# ---------------------------------------------------------------------------
+# Run directories.
+# ---------------------------------------------------------------------------
+
+
+def write_run(workdir, cfg, params: Mapping, step: int = 0) -> epath.Path:
+    """``workdir/config.json`` + ``checkpoints/<step>/{params,ema_params}``, like a training run."""
+    workdir = epath.Path(workdir)
+    if checkpoint.latest_step(workdir) is not None:
+        raise FileExistsError(f"{workdir} already holds checkpoints; choose an empty --out directory")
+    checkpoint.save_config(workdir, cfg)
+    mgr = checkpoint.manager(workdir, keep=1, async_save=False)
+    arrays = jax.tree.map(jnp.asarray, dict(params))
+    checkpoint.save(mgr, step, {"params": arrays, "ema_params": arrays}, force=True)
+    mgr.wait_until_finished()
+    mgr.close()
+    return workdir
+
+
+def load_params(workdir, abstract: Mapping, item: str = "ema_params", step: int | None = None) -> dict:
+    """Restore one pure-dict item of a run into the shapes of ``abstract``."""
+    step = checkpoint.latest_step(workdir) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{checkpoint.checkpoint_dir(workdir)} holds no checkpoint")
+    path = checkpoint.checkpoint_dir(workdir) / str(step) / item
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the checkpoint at step {step} has no {item!r} item")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), dict(abstract))
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(path, target)
+
+
+class BackboneFn:
+    """A converted backbone as ``f(latents, timesteps) -> outputs``, jitted.
+
+    Dicts keyed by modality name in the release's layout: latents
+    (B, C, H, W) float32, timesteps (B,) (integers or fractional), outputs
+    (B, C, H, W) float32 numpy arrays. Any subset of the config's modalities
+    may be given (the rest are dropped from the token sequence); give all of
+    them to match the release, which always runs the full sequence.
+    """
+
+    def __init__(self, cfg, registry: Registry, params: Mapping):
+        self.config, self.registry = cfg, registry
+        # Built from shapes only, then filled: no random initialisation to throw away.
+        abstract = parallel.abstract_model(lambda: backbone_from_config(cfg, registry, nnx.Rngs(0)))
+        graphdef, state = nnx.split(abstract, nnx.Param)
+        nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(params)))
+        self.model = nnx.merge(graphdef, state)
+        self._forward = jax.jit(lambda s, x, t: nnx.merge(graphdef, s)(x, t))
+        self._state = state
+
+    def __call__(self, latents: Mapping, timesteps: Mapping) -> dict[str, np.ndarray]:
+        missing = [n for n in latents if n not in timesteps]
+        if missing:
+            raise ValueError(f"no timestep given for {', '.join(missing)}")
+        x = {n: jnp.asarray(np.asarray(v), jnp.float32) for n, v in latents.items()}
+        t = {n: jnp.asarray(np.asarray(timesteps[n]), jnp.float32) for n in latents}
+        return {n: np.asarray(v) for n, v in self._forward(self._state, x, t).items()}
+
+
+def load_backbone(workdir, item: str = "ema_params") -> BackboneFn:
+    """The backbone of a run directory (converted or trained) as a jitted callable."""
+    cfg = checkpoint.load_config(workdir)
+    registry = registry_from_config(cfg)
+    return BackboneFn(cfg, registry, load_params(workdir, _abstract_params(cfg, registry), item))
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------
+
+
+def convert_files(cfg, backbone: str | None, tokenizers: str | None, out: str) -> None:
+    if backbone is None and tokenizers is None:
+        raise ConversionError("nothing to convert: give --backbone PATH.pth and/or --tokenizers DIR")
+    if backbone is not None:
+        logging.info("reading %s", backbone)
+        params = convert_backbone(load_torch_state_dict(backbone), cfg, source=str(backbone))
+        write_run(out, cfg, params)
+        print(f"backbone: {backbone} -> {out} ({_count(params):,} parameters)")
+    else:
+        checkpoint.save_config(out, cfg)
+    if tokenizers is not None:
+        from copgen_jax.convert_tokenizer import convert_tokenizer_dir
+        for name, path in convert_tokenizer_dir(cfg, tokenizers, out).items():
+            print(f"tokenizer {name}: {path}")
+
+
+def _count(params) -> int:
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+
+
+def _define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+    return dict(
+        config=config_flags.DEFINE_config_file("config", None, "Config file the weights belong to "
+                                               "(configs/base.py for the released base model)."),
+        backbone=flags.DEFINE_string("backbone", None, "The release's backbone state dict (nnet_ema.pth)."),
+        tokenizers=flags.DEFINE_string("tokenizers", None, "Directory of per-modality autoencoder state dicts: "
+                                       "<modality>.pth or <modality>/model-50-ema.pth."),
+        out=flags.DEFINE_string("out", None, "Output run directory (conversion)."),
+        parity=flags.DEFINE_bool("check-parity", False, "Compare with the release's PyTorch modules instead of "
+                                 "converting; needs the release on PYTHONPATH."),
+        seeds=flags.DEFINE_integer("seeds", 3, "Parity: number of random input draws."),
+        batch=flags.DEFINE_integer("batch", 2, "Parity: batch size per draw."),
+        tolerance=flags.DEFINE_float("tolerance", 1e-4, "Parity: largest accepted relative error."),
+    )
+
+
+def main(argv, flag_values) -> int:
+    from absl import app
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    cfg = flag_values["config"].value
+    if cfg is None:
+        raise app.UsageError("--config=configs/NAME.py is required (the config the weights were trained with)")
+    backbone, tokenizers = flag_values["backbone"].value, flag_values["tokenizers"].value
+    try:
+        if flag_values["parity"].value:
+            from copgen_jax import convert_parity
+            return convert_parity.run(cfg, backbone, tokenizers, seeds=flag_values["seeds"].value,
+                                      batch=flag_values["batch"].value, tolerance=flag_values["tolerance"].value)
+        if not flag_values["out"].value:
+            raise app.UsageError("--out DIR is required to convert")
+        convert_files(cfg, backbone, tokenizers, flag_values["out"].value)
+    except (ConversionError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app
+    _flag_values = _define_flags()
+    logging.getLogger().setLevel(logging.INFO)
+    app.run(lambda argv: sys.exit(main(argv, _flag_values)))
