@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -33,6 +34,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import reproject, transform as warp_transform, transform_bounds
 from rasterio.windows import Window
 
@@ -87,14 +89,18 @@ class Grid:
     @classmethod
     def of(cls, src) -> "Grid":
         """The grid of an open rasterio dataset (north-up, square pixels required)."""
+        check_georeferenced(src)
         t = src.transform
-        if src.crs is None or t == Affine.identity():
-            raise DataError(f"{src.name}: no CRS or geotransform; Major TOM GeoTIFFs are georeferenced "
-                            f"(write the file with its CRS and transform)")
         if t.b or t.d or not math.isclose(t.a, -t.e, rel_tol=1e-6):
             raise DataError(f"{src.name}: rotated or non-square pixels {tuple(t)[:6]}; "
                             f"warp it to a north-up grid with square pixels first")
         return cls(src.crs, t.c, t.f, t.a, src.width, src.height)
+
+
+def check_georeferenced(src) -> None:
+    if src.crs is None or src.transform == Affine.identity():
+        raise DataError(f"{src.name}: no CRS or geotransform; Major TOM GeoTIFFs are georeferenced "
+                        f"(write the file with its CRS and transform)")
 
 
 def spatial(registry: Registry) -> tuple[Modality, ...]:
@@ -188,10 +194,16 @@ def _check_band_file(src, categorical: bool) -> None:
         log.debug("%s: categorical band stored as float; values are checked to be whole codes", src.name)
 
 
+def _resolution_in(src, grid: Grid) -> float:
+    """The file's pixel size measured in the grid's CRS units."""
+    left, _, right, _ = transform_bounds(src.crs, grid.crs, *src.bounds)
+    return (right - left) / src.width
+
+
 def _covers(src, grid: Grid) -> bool:
     """Whether the file covers the grid, allowing one source pixel of slack per side."""
     left, bottom, right, top = transform_bounds(src.crs, grid.crs, *src.bounds)
-    slack = abs(src.transform.a) if src.crs == grid.crs else grid.gsd
+    slack = max(abs(src.res[0]), abs(src.res[1])) if src.crs == grid.crs else grid.gsd
     gl, gb, gr, gt = grid.bounds
     return left <= gl + slack and bottom <= gb + slack and right >= gr - slack and top >= gt - slack
 
@@ -199,7 +211,8 @@ def _covers(src, grid: Grid) -> bool:
 def _aligned_window(src, grid: Grid) -> Window | None:
     """The integer window that reads ``grid`` exactly, if no resampling is needed."""
     t = src.transform
-    if src.crs != grid.crs or not math.isclose(t.a, grid.gsd, rel_tol=1e-9):
+    if src.crs != grid.crs or t.b or t.d or not (math.isclose(t.a, grid.gsd, rel_tol=1e-9)
+                                                  and math.isclose(-t.e, grid.gsd, rel_tol=1e-9)):
         return None
     col, row = (grid.x0 - t.c) / t.a, (t.f - grid.y0) / t.a
     if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
@@ -219,13 +232,17 @@ def read_to_grid(path, grid: Grid, categorical: bool = False) -> np.ndarray:
     Errors name the file: wrong band count or dtype, no CRS, or a footprint that
     does not cover the grid (wrong size or location).
     """
-    with rasterio.open(path) as src:
+    with warnings.catch_warnings():
+        # A file without georeferencing is reported below as a DataError naming it.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        src = rasterio.open(path)
+    with src:
         _check_band_file(src, categorical)
-        Grid.of(src)
+        check_georeferenced(src)
         if not _covers(src, grid):
             raise DataError(
                 f"{path}: covers {tuple(round(b, 1) for b in transform_bounds(src.crs, grid.crs, *src.bounds))} "
-                f"in {crs_string(grid.crs)} ({src.width}x{src.height} px at {abs(src.transform.a)} m), but the "
+                f"in {crs_string(grid.crs)} ({src.width}x{src.height} px at {_resolution_in(src, grid):g} m), but the "
                 f"scene needs {tuple(round(b, 1) for b in grid.bounds)}; wrong size, CRS or location")
         window = _aligned_window(src, grid)
         nodata = src.nodata
@@ -233,7 +250,7 @@ def read_to_grid(path, grid: Grid, categorical: bool = False) -> np.ndarray:
             data = src.read(1, window=window).astype(np.float32)
         else:
             data = np.full((grid.height, grid.width), np.nan, np.float32)
-            coarser = grid.gsd > abs(src.transform.a) * (1 + 1e-9)
+            coarser = grid.gsd > _resolution_in(src, grid) * (1 + 1e-6)
             method = (Resampling.mode if coarser else Resampling.nearest) if categorical else (
                 Resampling.average if coarser else Resampling.bilinear)
             reproject(rasterio.band(src, 1), data, src_nodata=nodata, dst_transform=grid.transform,

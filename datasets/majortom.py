@@ -17,7 +17,7 @@ which ``<band>.tif`` feed a modality comes from the registry (``m.product``,
 Per cell:
 
 * **Grid.** The first file of the finest-GSD modality present (registry order)
-  fixes the cell's CRS, origin and extent. Every band is read onto that grid at
+  whose CRS is projected in metres fixes the cell's CRS, origin and extent. Every band is read onto that grid at
   its modality's GSD: a window read when CRS and pixel size match, otherwise
   ``rasterio.warp.reproject``. A file that does not cover the cell is an error.
 * **Footprints.** ``ceil(extent / 1920 m)`` per side (6 for a 10.68 km cell),
@@ -156,10 +156,14 @@ def observations(found: dict[str, list[Product]]) -> list[dict[str, Product]]:
 
 
 def _reference_grid(registry: Registry, files: dict) -> Grid:
+    """The cell grid: the first file (finest GSD, then registry order) in a metric CRS."""
     order = {m.name: i for i, m in enumerate(registry)}
-    first = min(files, key=lambda n: (registry[n].gsd, order[n]))
-    with rasterio.open(files[first][0]) as src:
-        return Grid.of(src)
+    for name in sorted(files, key=lambda n: (registry[n].gsd, order[n])):
+        with rasterio.open(files[name][0]) as src:
+            if src.crs is not None and src.crs.is_projected and src.crs.linear_units_factor[1] == 1.0:
+                return Grid.of(src)
+    raise DataError(f"no file in a metric projected CRS defines the cell grid "
+                    f"({', '.join(str(f[0]) for f in files.values())}); Major TOM products are in UTM")
 
 
 def read_layers(registry: Registry, chosen: dict[str, Product], report: ReadReport):
