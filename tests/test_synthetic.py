@@ -1,4 +1,5 @@
 """Physical plausibility and determinism of the synthetic Copernicus world."""
+import dataclasses
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ from datasets.synthetic import cell_grid, cell_id_for, cell_latlon, make_cell, s
 from datasets.synthetic import landscape as ls
 from datasets.synthetic.observation import make_conditions, seasonality, sun_position
 from datasets.synthetic.optical import illumination
+from datasets.synthetic.radar import backscatter_db
 
 L2A, L1C, S1, DEM, LULC = "Core-S2L2A", "Core-S2L1C", "Core-S1RTC", "Core-DEM", "Core-LULC"
 CELLS = sample_cells(0, 6)
@@ -86,6 +88,18 @@ def test_water_vv_below_built_up(scenes):
     trees = pooled(scenes, lambda s: vv_db(s)[of_class(s, ls.TREES)])
     assert np.median(water) < -14 and np.median(built) > -4
     assert np.median(water) < np.median(trees) < np.median(built)
+
+
+def test_s1_speckle_and_moisture(scenes):
+    for scene in scenes:  # gamma speckle with 4.4 looks: std / mean = 0.48 (plus some texture)
+        water = scene.rasters[S1]["vv"][of_class(scene, ls.WATER)]
+        assert water.size < 500 or 0.45 < water.std() / water.mean() < 0.8
+    s = make_cell(0, CELLS[2], 0, footprints_per_side=1, products=[DEM])
+    wet, dry = (backscatter_db(s.landscape, dataclasses.replace(s.conditions, moisture_anomaly=a))[0]
+                for a in (0.3, -0.3))
+    soil = np.isin(s.landscape.landcover, [ls.CROPS, ls.BARE, ls.RANGE])
+    assert soil.sum() > 100 and (wet - dry)[soil].mean() > 1.0
+    assert np.all((wet - dry)[s.landscape.landcover == ls.WATER] == 0)
 
 
 def test_l1c_adds_path_radiance_strongest_in_blue(scenes):

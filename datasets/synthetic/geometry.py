@@ -143,17 +143,6 @@ def block_pick(a: np.ndarray, k: int) -> np.ndarray:
     return a[k // 2::k, k // 2::k] if k > 1 else a
 
 
-def shift(mask: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Translate a boolean map by whole pixels, filling with False (no wrap-around)."""
-    out = np.zeros_like(mask)
-    h, w = mask.shape
-    r0, r1 = max(rows, 0), h + min(rows, 0)
-    c0, c1 = max(cols, 0), w + min(cols, 0)
-    if r1 > r0 and c1 > c0:
-        out[r0:r1, c0:c1] = mask[r0 - rows:r1 - rows, c0 - cols:c1 - cols]
-    return out
-
-
 def uniform_hash(ids: np.ndarray, salt: int) -> np.ndarray:
     """A fixed pseudo-random value in [0, 1) per integer id (e.g. one per field parcel)."""
     x = (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(salt & 0xFFFFFFFF))

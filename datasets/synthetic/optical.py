@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from datasets.synthetic import landscape as ls
-from datasets.synthetic.geometry import fractal, shift, stream
+from datasets.synthetic.geometry import fractal, stream
 from datasets.synthetic.observation import Conditions
 
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
@@ -144,10 +144,12 @@ def clouds(land: ls.Landscape, cond: Conditions, rng: np.random.Generator):
         alpha = np.where(cirrus & ~thin, np.maximum(alpha, 0.2), alpha)
         thin |= cirrus
     # Shadows fall away from the sun, height * tan(zenith) metres from the cloud.
+    # The deck is periodic (spectral synthesis), so rolling it brings in the
+    # shadows of the clouds just outside the cell.
     reach = cond.cloud_height_m * math.tan(cond.sun_zenith) / 10.0
     rows = int(round(math.cos(cond.sun_azimuth) * reach))
     cols = int(round(-math.sin(cond.sun_azimuth) * reach))
-    shadow = shift(thick, rows, cols) & ~thick & ~thin
+    shadow = np.roll(thick, (rows, cols), axis=(0, 1)) & ~thick & ~thin
     mask[shadow], mask[thin], mask[thick] = MASK_SHADOW, MASK_THIN, MASK_THICK
     return mask, alpha.astype(np.float32)
 
