@@ -16,10 +16,11 @@ which ``<band>.tif`` feed a modality comes from the registry (``m.product``,
 
 Per cell:
 
-* **Grid.** The first file of the finest-GSD modality present (registry order)
-  whose CRS is projected in metres fixes the cell's CRS, origin and extent. Every band is read onto that grid at
-  its modality's GSD: a window read when CRS and pixel size match, otherwise
-  ``rasterio.warp.reproject``. A file that does not cover the cell is an error.
+* **Grid.** The CRS, origin and extent shared by most modalities' files (in a
+  metric CRS; ties: finest GSD first) fix the cell grid. Every band is read
+  onto that grid at its modality's GSD: a window read when CRS and pixel size
+  match, otherwise ``rasterio.warp.reproject``. A file that does not cover the
+  cell is an error.
 * **Footprints.** ``ceil(extent / 1920 m)`` per side (6 for a 10.68 km cell),
   the last row and column pulled back inside the cell as the reference does.
 * **Observations.** The product with the most folders in the cell defines the
@@ -40,6 +41,7 @@ Per cell:
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from pathlib import Path
@@ -157,14 +159,23 @@ def observations(found: dict[str, list[Product]]) -> list[dict[str, Product]]:
 
 
 def _reference_grid(registry: Registry, files: dict) -> Grid:
-    """The cell grid: the first file (finest GSD, then registry order) in a metric CRS."""
+    """The cell grid: the footprint (CRS, origin, extent) most modalities' files share.
+
+    Only files in a metric projected CRS qualify; ties go to the finest GSD, then
+    registry order, and the grid takes that file's pixel size.
+    """
     order = {m.name: i for i, m in enumerate(registry)}
+    grids = {}
     for name in sorted(files, key=lambda n: (registry[n].gsd, order[n])):
         with rasterio.open(files[name][0]) as src:
             if src.crs is not None and src.crs.is_projected and src.crs.linear_units_factor[1] == 1.0:
-                return Grid.of(src)
-    raise DataError(f"no file in a metric projected CRS defines the cell grid "
-                    f"({', '.join(str(f[0]) for f in files.values())}); Major TOM products are in UTM")
+                grids[name] = Grid.of(src)
+    if not grids:
+        raise DataError(f"no file in a metric projected CRS defines the cell grid "
+                        f"({', '.join(str(f[0]) for f in files.values())}); Major TOM products are in UTM")
+    place = lambda g: (g.crs.to_wkt(), round(g.x0, 3), round(g.y0, 3), *(round(e, 3) for e in g.extent))  # noqa
+    votes = collections.Counter(place(g) for g in grids.values())
+    return max(grids.values(), key=lambda g: votes[place(g)])  # max keeps the first of equals
 
 
 def read_layers(registry: Registry, chosen: dict[str, Product], report: ReadReport):

@@ -280,6 +280,24 @@ def test_other_crs_is_reprojected_onto_the_cell_grid(copy, records):
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_grid_is_the_one_most_files_share(copy, records):
+    root, cell = copy
+    path = band(root, cell, LULC, "LULC")  # the finest-GSD modality first in registry order
+    with rasterio.open(path) as src:
+        west, south, east, north = transform_bounds(src.crs, "EPSG:3857", *src.bounds)
+        t = Affine(10.0, 0.0, west - 100, 0.0, -10.0, north + 100)
+        out = np.zeros((1, int((north - south + 200) / 10), int((east - west + 200) / 10)), np.uint8)
+        reproject(src.read(), out, src_transform=src.transform, src_crs=src.crs, dst_transform=t,
+                  dst_crs="EPSG:3857")
+    rewrite(path, out, crs="EPSG:3857", transform=t)
+    recs = by_key(majortom.iter_footprints(root, REG))
+    for key, r in recs.items():
+        before = by_key(records)[key]
+        assert r["transform"] == before["transform"] and r["crs"] == before["crs"]
+        assert np.mean(r["pixels"][LULCM] == before["pixels"][LULCM]) > 0.8
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_no_crs_names_the_file(copy):
     root, cell = copy
     path = band(root, cell, L2A, "B01")
