@@ -288,8 +288,9 @@ def cut_footprints(registry: Registry, layers: dict, grid: Grid, files: dict, *,
         offsets = footprint_offsets(w, side, snap), footprint_offsets(h, side, snap)
     xs, ys = offsets
     if not xs or not ys:
+        some = sorted(str(f) for fs in files.values() for f in fs)[:3]
         raise DataError(f"{cell_id}: scene of {grid.extent[0]:.0f} x {grid.extent[1]:.0f} m is smaller than "
-                        f"one {side:.0f} m footprint (files: {sorted({str(f) for fs in files.values() for f in fs})[:3]})")
+                        f"one {side:.0f} m footprint (files: {', '.join(some)})")
     mods = [m for m in spatial(registry) if m.name in layers]
     for r, dy in enumerate(ys):
         for c, dx in enumerate(xs):

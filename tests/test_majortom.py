@@ -350,6 +350,17 @@ def test_declared_nodata_is_invalid(copy):
     assert report.filled[DEMM] == 2 * 16  # both observations share the DEM
 
 
+def test_cell_smaller_than_a_footprint_is_an_error(tmp_path):
+    p = majortom.product_dir(tmp_path, L2A, "1U_1R", "S2A_MSIL2A_20200216T024801_N0500_R132_T31UVP_20230501T220848")
+    p.mkdir(parents=True)
+    for b in ("B02", "B03", "B04", "B08"):
+        with rasterio.open(p / f"{b}.tif", "w", driver="GTiff", width=100, height=100, count=1, dtype="uint16",
+                           crs="EPSG:32631", transform=Affine(10, 0, 500000, 0, -10, 5400000)) as f:
+            f.write(np.ones((1, 100, 100), np.uint16))
+    with pytest.raises(DataError, match=r"1U_1R: scene of 1000 x 1000 m is smaller than one 1920 m footprint .*B02"):
+        list(majortom.iter_footprints(tmp_path, build_registry([RGBN])))
+
+
 def test_unknown_cell_is_an_error(world):
     root, _ = world
     with pytest.raises(DataError, match="no product folder"):
