@@ -184,30 +184,53 @@ def build_shards(out: str, units: Sequence, produce: Callable[[Any], Iterable[di
     return manifest
 
 
+def _manifest(out, *, name, kind, version, registry, source, files_by_split, stats) -> dict:
+    """Write ``manifest.json`` from per-shard infos ({file, records, bytes, sha256}) and statistics."""
+    splits = {s: {"records": sum(f["records"] for f in files), "bytes": sum(f["bytes"] for f in files),
+                  "shards": files} for s, files in files_by_split.items()}
+    manifest = {
+        "format": FORMAT, "name": name, "kind": kind, "version": version, "source": source or {},
+        "registry": {m.name: {"pixel_shape": list(m.pixel_shape), "latent_shape": list(m.latent_shape),
+                              "scale_factor": m.scale_factor} for m in registry},
+        "schema": shards.schema(registry, kind), "records": {s: v["records"] for s, v in splits.items()},
+        "splits": splits, "statistics": stats.summary(),
+    }
+    _write_json(os.path.join(out, MANIFEST), manifest)
+    return manifest
+
+
 def _finish(out, plan, markers, registry, source, description) -> dict:
     stats = shards.Statistics()
     for m in markers:
         stats.merge(shards.Statistics(m["statistics"]))
-    splits = {}
-    for s in shards.SPLITS:
-        files = [m["shards"][s] for m in markers]
-        splits[s] = {"records": sum(f["records"] for f in files), "bytes": sum(f["bytes"] for f in files),
-                     "shards": files}
-    manifest = {
-        "format": FORMAT, "name": plan["name"], "kind": plan["kind"], "version": plan["version"],
-        "source": source or {}, "registry": {m.name: {"pixel_shape": list(m.pixel_shape),
-                                                      "latent_shape": list(m.latent_shape),
-                                                      "scale_factor": m.scale_factor} for m in registry},
-        "schema": plan["schema"], "records": {s: v["records"] for s, v in splits.items()},
-        "splits": splits, "statistics": stats.summary(),
-    }
-    _write_json(os.path.join(out, MANIFEST), manifest)
+    files = {s: [m["shards"][s] for m in markers] for s in shards.SPLITS}
+    manifest = _manifest(out, name=plan["name"], kind=plan["kind"], version=plan["version"], registry=registry,
+                         source=source, files_by_split=files, stats=stats)
     nonempty = {s: {"shard_lengths": [f["records"] for f in v["shards"]], "bytes": v["bytes"]}
-                for s, v in splits.items() if v["records"]}
+                for s, v in manifest["splits"].items() if v["records"]}
     _write_json(os.path.join(out, "dataset_info.json"),
                 shards.tfds_dataset_info(plan["name"], plan["version"], nonempty, description))
     _write_json(os.path.join(out, "features.json"), shards.tfds_features_json(registry, plan["kind"]))
     return manifest
+
+
+def manifest_from_directory(directory: str, registry: Registry, kind: str, *, name: str, version: str,
+                            source: dict | None = None) -> dict:
+    """Write the manifest of shards made elsewhere (e.g. by TFDS) by reading every record once."""
+    value_names = list(shards.value_features(registry, kind))
+    stats, files = shards.Statistics(), {}
+    for split in shards.SPLITS:
+        prefix = f"{name}-{split}.tfrecord-"
+        for fname in sorted(f for f in os.listdir(directory) if f.startswith(prefix)):
+            path = os.path.join(directory, fname)
+            n = 0
+            for data in tfrecord.read_records(path):
+                stats.add_features(tfrecord.decode_example(data), value_names)
+                n += 1
+            files.setdefault(split, []).append({"file": fname, "records": n, "bytes": os.path.getsize(path),
+                                                "sha256": sha256_file(path)})
+    return _manifest(directory, name=name, kind=kind, version=version, registry=registry, source=source,
+                     files_by_split=files, stats=stats)
 
 
 # ---------------------------------------------------------------------------

@@ -157,3 +157,38 @@ def test_bad_footprint_record_is_named(tmp_path):
 
     with pytest.raises(shards.ShardFormatError, match=r"'c0/0/0_0' lacks \['split'\]"):
         _build(tmp_path / "b", read=no_split, cells=("c0",))
+
+
+def test_tfds_builder_on_beam_gives_the_same_records(tmp_path):
+    """The TFDS/Beam path (the `build` extra) and the pure path store the same records."""
+    pytest.importorskip("apache_beam")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow as tf
+    from datasets import tfds_builders
+
+    pure_dir = tmp_path / "pure"
+    pure = _build(pure_dir)
+    directory, manifest = tfds_builders.build("synthetic", str(tmp_path / "tfds"), REG, ["c0", "c1", "c2"],
+                                              footprints, split_of_unit=lambda c: "test" if c == "c1" else "train")
+    assert manifest["records"] == pure["records"] == {"train": 8, "test": 4}
+    for name, st in pure["statistics"].items():
+        assert manifest["statistics"][name]["present"] == st["present"]
+        np.testing.assert_allclose([manifest["statistics"][name][k] for k in ("mean", "std", "min", "max")],
+                                   [st[k] for k in ("mean", "std", "min", "max")], rtol=1e-6)
+    ours, theirs = _records(pure_dir, pure), _records(directory, manifest)
+    assert ours.keys() == theirs.keys()
+    for key, a in ours.items():
+        b = theirs[key]
+        assert {k: v for k, v in a.items() if k != "values"} == {k: v for k, v in b.items() if k != "values"}
+        assert a["values"].keys() == b["values"].keys()
+        for name in a["values"]:
+            np.testing.assert_array_equal(a["values"][name], b["values"][name])
+    # Both directories read with TFDS itself, and our files parse with tf.io.
+    for d in (str(pure_dir), directory):
+        ds = tfds.builder_from_directory(d).as_dataset(split="test")
+        assert sorted(ex["key"].numpy().decode() for ex in ds) == [f"c1/0/{r}_{c}" for r in range(2) for c in range(2)]
+    raw = next(iter(tf.data.TFRecordDataset(shard_writer.shard_files(str(pure_dir), "train")[0])))
+    ex = tf.io.parse_single_example(raw, {"S2L2A_B02_B03_B04_B08": tf.io.FixedLenFeature([4 * 48 * 48], tf.float32),
+                                          "key": tf.io.FixedLenFeature([], tf.string)})
+    np.testing.assert_array_equal(ex["S2L2A_B02_B03_B04_B08"].numpy(),
+                                  ours[ex["key"].numpy().decode()]["values"]["S2L2A_B02_B03_B04_B08"].ravel())
