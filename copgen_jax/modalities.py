@@ -114,6 +114,7 @@ class OneHot:
 
     codes: tuple[int, ...]
     class_names: tuple[str, ...]
+    colors: tuple[str, ...] = ()  # one "#rrggbb" per class for previews (empty: a generic palette)
 
     @property
     def num_classes(self):
@@ -215,6 +216,7 @@ class Modality:
     downsample: int = 8  # tokenizer spatial reduction
     patch: int = 2
     scale_factor: float = 1.0  # applied to tokenizer latents
+    preview: tuple[str, ...] = ()  # bands shown as red, green, blue in previews (empty: the first band, grey)
 
     # -- shapes ------------------------------------------------------------
     @property
@@ -318,12 +320,17 @@ def _fmt(shape):
 LULC_CLASSES = OneHot(
     codes=(0, 1, 2, 4, 5, 7, 8, 9, 10, 11),
     class_names=("No data", "Water", "Trees", "Flooded vegetation", "Crops", "Built-up",
-                 "Bare ground", "Snow/Ice", "Clouds", "Rangeland"))
-CLOUD_CLASSES = OneHot(codes=(0, 1, 2, 3), class_names=("Clear", "Thick cloud", "Thin cloud", "Shadow"))
+                 "Bare ground", "Snow/Ice", "Clouds", "Rangeland"),
+    # The product's own legend colours (Esri / Impact Observatory 10-class land cover).
+    colors=("#000000", "#419bdf", "#397d49", "#7a87c6", "#e49635", "#c4281b",
+            "#a59b8f", "#a8ebff", "#616161", "#e3e2c3"))
+CLOUD_CLASSES = OneHot(codes=(0, 1, 2, 3), class_names=("Clear", "Thick cloud", "Thin cloud", "Shadow"),
+                       colors=("#3a7d44", "#ffffff", "#b3cde3", "#1b1b1b"))
 
 
-def _s2(name, bands, size, gsd, product, scale_factor):
-    return Modality(name, IMAGE, bands, Reflectance(), size, gsd, product, scale_factor=scale_factor)
+def _s2(name, bands, size, gsd, product, scale_factor, preview=()):
+    return Modality(name, IMAGE, bands, Reflectance(), size, gsd, product, scale_factor=scale_factor,
+                    preview=preview)
 
 
 OFFICIAL: tuple[Modality, ...] = (
@@ -335,15 +342,17 @@ OFFICIAL: tuple[Modality, ...] = (
     Modality("S1RTC_vh_vv", IMAGE, ("vv", "vh"), LogPower(), 192, 10.0, "Core-S1RTC",
              scale_factor=0.633804),
     _s2("S2L1C_B01_B09_B10", ("B01", "B09", "B10"), 32, 60.0, "Core-S2L1C", 0.565812),
-    _s2("S2L1C_B02_B03_B04_B08", ("B04", "B03", "B02", "B08"), 192, 10.0, "Core-S2L1C", 0.772514),
+    _s2("S2L1C_B02_B03_B04_B08", ("B04", "B03", "B02", "B08"), 192, 10.0, "Core-S2L1C", 0.772514,
+        ("B04", "B03", "B02")),
     _s2("S2L1C_B05_B06_B07_B11_B12_B8A", ("B05", "B06", "B07", "B8A", "B11", "B12"), 96, 20.0,
-        "Core-S2L1C", 0.765817),
+        "Core-S2L1C", 0.765817, ("B12", "B8A", "B05")),
     Modality("S2L1C_cloud_mask", CATEGORICAL, ("cloud_mask",), CLOUD_CLASSES, 192, 10.0, "Core-S2L1C",
              scale_factor=0.557045),
     _s2("S2L2A_B01_B09", ("B01", "B09"), 32, 60.0, "Core-S2L2A", 0.571367),
-    _s2("S2L2A_B02_B03_B04_B08", ("B04", "B03", "B02", "B08"), 192, 10.0, "Core-S2L2A", 0.853416),
+    _s2("S2L2A_B02_B03_B04_B08", ("B04", "B03", "B02", "B08"), 192, 10.0, "Core-S2L2A", 0.853416,
+        ("B04", "B03", "B02")),
     _s2("S2L2A_B05_B06_B07_B11_B12_B8A", ("B05", "B06", "B07", "B8A", "B11", "B12"), 96, 20.0,
-        "Core-S2L2A", 0.567267),
+        "Core-S2L2A", 0.567267, ("B12", "B8A", "B05")),
     Modality("mean_timestamps", SCALAR, ("sin_doy", "cos_doy", "year"), Date(), latent_channels=1,
              downsample=1, patch=1),
 )
