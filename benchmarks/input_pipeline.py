@@ -76,9 +76,9 @@ def write(workdir, kind, produce, records, registry):
     return files, sum(os.path.getsize(f) for f in files) / (per_unit * FLAGS.shards)
 
 
-def time_pipeline(make, cfg, registry, files, batch, workers):
+def time_pipeline(make, cfg, registry, files, batch, workers, window):
     cfg.data.num_workers = workers
-    it = make(cfg, registry, files, process_index=0, process_count=1, seed=0, batch_size=batch)
+    it = make(cfg, registry, files, process_index=0, process_count=1, seed=0, batch_size=batch, shuffle_buffer=window)
     next(it)  # start-up (worker processes, first window) is not throughput
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < FLAGS.seconds:
@@ -93,27 +93,32 @@ def time_pipeline(make, cfg, registry, files, batch, workers):
 def main(_):
     registry = build_registry()
     cfg = default_config()
-    cfg.data.shuffle_buffer = 256
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="copgen_input_bench_")
     rows = []
-    for kind, produce, records, batch, make in (
-            (shards.LATENTS, latent_unit, FLAGS.latent_records, FLAGS.latent_batch, data.make_latent_iterator),
-            (shards.PIXELS, pixel_unit, FLAGS.pixel_records, FLAGS.pixel_batch, data.make_pixel_iterator)):
+    device_moments = functools.partial(data.make_latent_iterator, sample_on="device")
+    for kind, produce, records, batch, window in (
+            (shards.LATENTS, latent_unit, FLAGS.latent_records, FLAGS.latent_batch, 256),
+            (shards.PIXELS, pixel_unit, FLAGS.pixel_records, FLAGS.pixel_batch, 16)):
         t = time.perf_counter()
         files, record_bytes = write(workdir, kind, produce, records, registry)
         print(f"wrote {records} {kind} records ({record_bytes / 1e6:.2f} MB each) in "
               f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
-        for workers in (int(w) for w in FLAGS.workers.split(",")):
-            rate = time_pipeline(make, cfg, registry, files, batch, workers)
-            rows.append({"shards": kind, "workers": workers, "batch": batch, "records_per_s": round(rate, 1),
-                         "MB_per_s": round(rate * record_bytes / 1e6, 1),
-                         "record_MB": round(record_bytes / 1e6, 3)})
-            print(f"{kind:8s} workers={workers} batch={batch:4d}: {rate:9.1f} records/s", file=sys.stderr)
-    table = ["| shards | workers | batch | records/s | MB/s | MB/record |", "|---|---|---|---|---|---|"]
-    table += [f"| {r['shards']} | {r['workers']} | {r['batch']} | {r['records_per_s']:.0f} | {r['MB_per_s']:.0f} "
-              f"| {r['record_MB']:.2f} |" for r in rows]
+        modes = ([("z on host", data.make_latent_iterator), ("moments (z on device)", device_moments)]
+                 if kind == shards.LATENTS else [("pixels", data.make_pixel_iterator)])
+        for mode, make in modes:
+            for workers in (int(w) for w in FLAGS.workers.split(",")):
+                rate = time_pipeline(make, cfg, registry, files, batch, workers, window)
+                rows.append({"shards": kind, "output": mode, "workers": workers, "batch": batch, "window": window,
+                             "records_per_s": round(rate, 1), "MB_per_s": round(rate * record_bytes / 1e6, 1),
+                             "record_MB": round(record_bytes / 1e6, 3)})
+                print(f"{kind:8s} {mode:22s} workers={workers} batch={batch:4d}: {rate:9.1f} records/s",
+                      file=sys.stderr)
+    table = ["| shards | output | workers | batch | records/s | MB/s read | MB/record |", "|---|---|---|---|---|---|---|"]
+    table += [f"| {r['shards']} | {r['output']} | {r['workers']} | {r['batch']} | {r['records_per_s']:.0f} "
+              f"| {r['MB_per_s']:.0f} | {r['record_MB']:.2f} |" for r in rows]
     print("\n".join(table))
-    result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    result = {"machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "platform": platform.platform(),
+                          "python": platform.python_version()},
               "seconds_per_config": FLAGS.seconds, "rows": rows}
     with open(FLAGS.out, "w") as f:
         json.dump(result, f, indent=1)

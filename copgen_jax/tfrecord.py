@@ -316,9 +316,10 @@ def _rv(b: bytes, pos: int) -> tuple[int, int]:
 
 def _decode_feature_fast(b: bytes, mv, s: int, e: int):
     """The common cases (one packed float run, one bytes value, one small int) without generators."""
-    if s < e:
-        tag, pos = _rv(b, s)
-        n, pos = _rv(b, pos)
+    if s + 1 < e:
+        tag, n, pos = b[s], b[s + 1], s + 2
+        if n >= 0x80:
+            n, pos = _read_varint(b, s + 1)
         if pos + n == e and n:
             first = b[pos]
             if tag == 0x12 and first == 0x0A:  # FloatList, one packed run
@@ -347,16 +348,20 @@ def decode_example(data: bytes) -> dict[str, Any]:
         if n != 1:
             continue
         pos = s
-        while pos < e:  # Features: map entries only (field 1, LEN)
-            tag, pos = _rv(b, pos)
-            length, pos = _rv(b, pos)
+        while pos < e:  # Features: map entries only (field 1, LEN); tags of fields < 16 are one byte
+            tag, length = b[pos], b[pos + 1]
+            pos += 2
+            if length >= 0x80:
+                length, pos = _read_varint(b, pos - 1)
             if tag != 0x0A:
                 raise ValueError(f"malformed tf.train.Features: tag {tag} at byte {pos}")
             p, end = pos, pos + length
             key, value = None, []
             while p < end:  # entry: key = 1, value = 2, both LEN
-                t, p = _rv(b, p)
-                m, p = _rv(b, p)
+                t, m = b[p], b[p + 1]
+                p += 2
+                if m >= 0x80:
+                    m, p = _read_varint(b, p - 1)
                 if t == 0x0A:
                     key = b[p:p + m].decode()
                 elif t == 0x12:

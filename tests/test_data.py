@@ -234,3 +234,18 @@ def test_global_batch_on_a_mesh():
     assert len(arr.addressable_shards) == 8 and arr.addressable_shards[1].data.shape == (1, 1, 1, 3)
     np.testing.assert_array_equal(np.asarray(arr), local["latents"]["a"])
     assert out["present"]["a"].dtype == bool
+
+
+def test_sampling_on_device_matches_the_host_statistics(latent_dir):
+    files = shard_writer.shard_files(latent_dir, "train")
+    it = _iterator(files, sample_on="device")
+    moments = next(it)
+    assert set(moments) == {"mean", "logvar", "present"}
+    batch = jax.jit(lambda b, k: data.sample_latents(b, k, REG))(moments, jax.random.key(0))
+    m, dem = REG["S2L2A_B02_B03_B04_B08"], REG["DEM_DEM"]
+    ids = np.round(moments["mean"][m.name].mean(axis=(1, 2, 3))).astype(int)
+    z = np.asarray(batch["latents"][m.name]) / m.scale_factor - ids[:, None, None, None]
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 0.5) < 0.05
+    absent = ~moments["present"][dem.name]
+    assert absent.any() and not np.asarray(batch["latents"][dem.name])[absent].any()
+    np.testing.assert_allclose(batch["latents"]["3d_cartesian_lat_lon"][:, 0, 0, 0], ids)
