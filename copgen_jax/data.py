@@ -10,8 +10,10 @@
 Latent batches are ``{"latents": {name: (B, *m.latent_shape)}, "present":
 {name: (B,) bool}}`` with ``z = (mean + exp(logvar / 2) * eps) * m.scale_factor``
 drawn by a Grain random map every time a record is read (scalars are their
-value times the scale factor; absent modalities are zeros). Pixel batches are
-``{"pixels": {name: (B, *m.pixel_shape)}, "present": ...}``.
+value times the scale factor; absent modalities are zeros); with
+``sample_on="device"`` the batches are the moments and ``sample_latents`` draws
+z inside the jitted step instead. Pixel batches are ``{"pixels": {name:
+(B, *m.pixel_shape)}, "present": ...}``. ``B`` = global batch / process count.
 
 Resuming: the iterators are Grain ``DatasetIterator``s; ``get_state()`` is a
 JSON-able dict and ``set_state(state)`` on a freshly made iterator (same
@@ -27,7 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import grain
 import jax
@@ -237,7 +239,8 @@ def make_latent_iterator(cfg, registry: Registry, files: Sequence[str], *, proce
 
     ``cfg`` supplies ``seed``, ``train.global_batch`` and ``data.{num_workers,
     shuffle_buffer, cycle_length, prefetch, on_corrupt}``; keyword arguments
-    override them. ``num_epochs=None`` repeats forever. ``sample_on="device"``
+    override them (``batch_size`` is global too: each process gets
+    ``batch_size / process_count``). ``num_epochs=None`` repeats forever. ``sample_on="device"``
     yields the moments instead (``{"mean", "logvar", "present"}``, absent
     modalities zero) for ``sample_latents`` inside the jitted step, which
     spares the host the normal draws (about half of its work per record).

@@ -3,7 +3,6 @@ import json
 import logging
 import os
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -170,9 +169,7 @@ def test_corrupt_record_skipped_and_counted_when_configured(latent_dir, tmp_path
 
 
 def test_pixel_iterator_and_latent_shard_writing(tmp_path):
-    import sys
-    sys.path.insert(0, os.path.dirname(__file__))
-    from test_build import footprints
+    from test_build import footprints  # footprint records of two 2 x 2 cells and a test cell
     from datasets.build import build_pixel_shards
 
     reg = REG
