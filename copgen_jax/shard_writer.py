@@ -37,7 +37,7 @@ class BuildError(RuntimeError):
     """A build that cannot go on as asked (e.g. a different plan in the same directory)."""
 
 
-def _write_json(path: str, obj: Any) -> None:
+def write_json(path: str, obj: Any) -> None:
     """Atomic: readers see the old file or the new one, never half of one."""
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     with open(tmp, "w") as f:
@@ -45,6 +45,9 @@ def _write_json(path: str, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+_write_json = write_json  # older name, kept for callers
 
 
 def sha256_file(path: str) -> str:
@@ -91,7 +94,7 @@ def _check_plan(out: str, plan: dict) -> None:
                 f"{out} holds a build with a different plan (differs in: {', '.join(diff)}); "
                 "resume it with the same arguments, or build into a fresh --out directory")
     else:
-        _write_json(path, plan)
+        write_json(path, plan)
 
 
 def _marker(out: str, g: int) -> str:
@@ -141,7 +144,7 @@ def _build_group(out: str, g: int, units: Sequence, produce: Callable[[Any], Ite
             if os.path.exists(tmp[s]):
                 os.remove(tmp[s])
     marker = {"group": g, "units": list(units), "shards": info, "statistics": stats.state()}
-    _write_json(_marker(out, g), marker)
+    write_json(_marker(out, g), marker)
     return marker
 
 
@@ -195,7 +198,7 @@ def _manifest(out, *, name, kind, version, registry, source, files_by_split, sta
         "schema": shards.schema(registry, kind), "records": {s: v["records"] for s, v in splits.items()},
         "splits": splits, "statistics": stats.summary(),
     }
-    _write_json(os.path.join(out, MANIFEST), manifest)
+    write_json(os.path.join(out, MANIFEST), manifest)
     return manifest
 
 
@@ -208,9 +211,9 @@ def _finish(out, plan, markers, registry, source, description) -> dict:
                          source=source, files_by_split=files, stats=stats)
     nonempty = {s: {"shard_lengths": [f["records"] for f in v["shards"]], "bytes": v["bytes"]}
                 for s, v in manifest["splits"].items() if v["records"]}
-    _write_json(os.path.join(out, "dataset_info.json"),
+    write_json(os.path.join(out, "dataset_info.json"),
                 shards.tfds_dataset_info(plan["name"], plan["version"], nonempty, description))
-    _write_json(os.path.join(out, "features.json"), shards.tfds_features_json(registry, plan["kind"]))
+    write_json(os.path.join(out, "features.json"), shards.tfds_features_json(registry, plan["kind"]))
     return manifest
 
 
