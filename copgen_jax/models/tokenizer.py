@@ -45,15 +45,27 @@ def _param(rngs, init, shape, axes):
     return nnx.Param(nnx.with_partitioning(init, axes)(rngs.params(), shape, jnp.float32))
 
 
+def _fixed(value, axes):
+    """A parameter holding ``value``, with logical axes like ``_param``'s."""
+    return nnx.Param(nnx.with_partitioning(lambda *_: value, axes)(None, value.shape, value.dtype))
+
+
 class Conv(nnx.Module):
     """2-D convolution on NHWC; kernel (kh, kw, in, out), fp32 parameters."""
 
     def __init__(self, cin, cout, kernel=3, stride=1, padding=None, *, rngs, dtype=jnp.float32,
-                 use_bias=True, kernel_init=None, bias_init=None):
-        fan_in = cin * kernel * kernel
-        self.kernel = _param(rngs, kernel_init or _torch_uniform(fan_in), (kernel, kernel, cin, cout),
-                             (None, None, "conv_in", "conv_out"))
-        self.bias = _param(rngs, bias_init or _torch_uniform(fan_in), (cout,), ("conv_out",)) if use_bias else None
+                 use_bias=True, kernel_init=None):
+        shape, fan_in = (kernel, kernel, cin, cout), cin * kernel * kernel
+        kernel_axes = (None, None, "conv_in", "conv_out")
+        if kernel_init is None and use_bias:
+            # PyTorch's default draws kernel and bias from the same U(+-1/sqrt(fan_in)): one
+            # draw serves both (half the random-number ops to compile at initialisation).
+            both = _torch_uniform(fan_in)(rngs.params(), (math.prod(shape) + cout,))
+            self.kernel = _fixed(both[:-cout].reshape(shape), kernel_axes)
+            self.bias = _fixed(both[-cout:], ("conv_out",))
+        else:
+            self.kernel = _param(rngs, kernel_init or _torch_uniform(fan_in), shape, kernel_axes)
+            self.bias = _param(rngs, _torch_uniform(fan_in), (cout,), ("conv_out",)) if use_bias else None
         pad = kernel // 2 if padding is None else padding
         self.padding = ((pad, pad), (pad, pad)) if isinstance(pad, int) else pad
         self.stride, self.dtype = stride, dtype

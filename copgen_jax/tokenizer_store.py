@@ -1,0 +1,151 @@
+"""A trained tokenizer on disk: export, load, and its latent scale factor.
+
+A tokenizer run directory (one per modality, conventionally
+``<root>/tokenizers/<modality>/``) is an ordinary training workdir of
+``copgen_jax.train`` plus one file:
+
+  config.json          the config it was trained with (cfg.tokenizer.modality names it)
+  checkpoints/<step>/  Orbax items ``params`` and ``ema_params`` (a TokenizerWithDisc)
+  scale_factor.json    {"modality", "scale_factor" = 1 / std of sampled training latents,
+                        "mean", "std", "count" (latent values seen), "examples", "step"}
+
+Loading takes the EMA weights of the newest checkpoint (what the release ships).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from copgen_jax import checkpoint
+from copgen_jax.models.tokenizer import AutoencoderKL, sample_latent
+from copgen_jax.modalities import Modality
+from copgen_jax.tokenizer_task import TokenizerTask, TokenizerWithDisc
+
+SCALE_FILE = "scale_factor.json"
+
+
+@dataclasses.dataclass
+class Tokenizer:
+    """A loaded tokenizer: the autoencoder, its modality and where it came from."""
+
+    autoencoder: AutoencoderKL
+    modality: Modality
+    cfg: object
+    run_dir: str
+    step: int
+    scale_factor: float | None  # None until computed (see compute_scale_factor)
+
+    def encode_fn(self):
+        """A jitted ``pixels (B, C, H, W) -> (mean, logvar)``."""
+        return _bound(self.autoencoder, lambda ae, x: ae.encode(x))
+
+    def decode_fn(self):
+        """A jitted ``latent (B, z, h, w) -> decoder output (B, C, H, W)`` (categorical: logits)."""
+        return _bound(self.autoencoder, lambda ae, z: ae.decode(z))
+
+
+def _bound(module, fn):
+    """``fn(module, *args)`` jitted with the weights as an argument (not baked-in constants)."""
+    graphdef, state = nnx.split(module)
+    jitted = jax.jit(lambda st, *args: fn(nnx.merge(graphdef, st), *args))
+    return lambda *args: jitted(state, *args)
+
+
+def build_model(task: TokenizerTask, seed: int = 0) -> TokenizerWithDisc:
+    """A freshly initialised model, created under jit (fast) and unsharded."""
+    with nnx.use_eager_sharding(False):
+        return nnx.jit(lambda: task.create_model(nnx.Rngs(seed)))()
+
+
+def export_tokenizer(run_dir, cfg, model: TokenizerWithDisc, step: int = 0, ema: TokenizerWithDisc | None = None):
+    """Write ``model`` (and its EMA, default the model itself) as a loadable tokenizer run.
+
+    For converted or externally trained weights: build the model with
+    ``TokenizerTask(cfg).create_model``, update its ``autoencoder``, export.
+    """
+    checkpoint.save_config(run_dir, cfg)
+    mgr = checkpoint.manager(run_dir, keep=1, async_save=False)
+    arrays = {"params": nnx.state(model, nnx.Param), "ema_params": nnx.state(ema or model, nnx.Param)}
+    checkpoint.save(mgr, step, arrays, force=True)
+    mgr.wait_until_finished()
+    mgr.close()
+
+
+def load_tokenizer(run_dir, step: int | None = None, registry=None) -> Tokenizer:
+    """The EMA autoencoder of a tokenizer run (newest checkpoint unless ``step``)."""
+    run_dir = os.fspath(run_dir)
+    cfg = checkpoint.load_config(run_dir)
+    if cfg.get("task") != "tokenizer" or not cfg.get("tokenizer"):
+        raise ValueError(f"{run_dir}/config.json is not a tokenizer run (task={cfg.get('task')!r})")
+    task = TokenizerTask(cfg, registry)
+    model = build_model(task)
+    mgr = checkpoint.manager(run_dir, keep=1, async_save=False)
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint under checkpoints/; train the tokenizer first")
+    target = {"ema_params": checkpoint.abstract_like(nnx.state(model, nnx.Param))}
+    restored = checkpoint.restore(mgr, step, target, with_data=False)["ema_params"]
+    mgr.close()
+    if restored is None:
+        raise FileNotFoundError(f"{run_dir}: checkpoint {step} has no ema_params")
+    nnx.update(model, restored)
+    info = read_scale_factor(run_dir)
+    return Tokenizer(model.autoencoder, task.modality, cfg, run_dir, int(step),
+                     info["scale_factor"] if info else None)
+
+
+# ---------------------------------------------------------------------------
+# Scale factor: 1 / std of sampled training latents.
+# ---------------------------------------------------------------------------
+
+
+def compute_scale_factor(tok: Tokenizer, batches: Iterable[np.ndarray], seed: int = 0) -> dict:
+    """Statistics of ``z = mean + sigma eps`` over ``batches`` of network-range pixels.
+
+    Sums run in float64 on the host, so the result does not depend on how the
+    data was batched beyond the random draws.
+    """
+    def moments_sums(ae, x, rng):
+        z = sample_latent(*ae.encode(x), rng)
+        return jnp.sum(z), jnp.sum(jnp.square(z)), z.size
+
+    sums = _bound(tok.autoencoder, moments_sums)
+
+    total = total_sq = 0.0
+    count = examples = 0
+    rng = jax.random.key(seed)
+    for i, x in enumerate(batches):
+        s, sq, n = sums(jnp.asarray(x, jnp.float32), jax.random.fold_in(rng, i))
+        total, total_sq, count, examples = total + float(s), total_sq + float(sq), count + int(n), examples + len(x)
+    if not count:
+        raise ValueError(f"{tok.modality.name}: no training examples to compute the scale factor from "
+                         "(is the modality present in the train split?)")
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    if not std > 0:
+        raise ValueError(f"{tok.modality.name}: sampled latents have zero spread; the tokenizer is degenerate")
+    return {"modality": tok.modality.name, "scale_factor": 1.0 / std, "mean": mean, "std": std,
+            "count": count, "examples": examples, "step": tok.step}
+
+
+def write_scale_factor(run_dir, info: dict) -> None:
+    path = os.path.join(os.fspath(run_dir), SCALE_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read_scale_factor(run_dir) -> dict | None:
+    path = os.path.join(os.fspath(run_dir), SCALE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
