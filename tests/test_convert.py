@@ -144,7 +144,7 @@ def test_checkpoint_restores_as_training_params(tiny, tmp_path):
     target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     mgr = checkpoint.manager(tmp_path, async_save=False)
     restored = checkpoint.restore(mgr, 0, {"params": target, "ema_params": target, "opt_state": None})
-    assert restored["opt_state"] is None and restored["data"] is None
+    assert restored["opt_state"] is None and restored.get("data") is None
     for item in ("params", "ema_params"):
         for a, b in zip(jax.tree.leaves(restored[item]), jax.tree.leaves(params)):
             np.testing.assert_array_equal(a, b)
