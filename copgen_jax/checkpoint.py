@@ -28,11 +28,24 @@ def manager(workdir, *, keep: int = 3, async_save: bool = True) -> ocp.Checkpoin
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(mgr: ocp.CheckpointManager, step: int, arrays: dict, data_state=None, force=False) -> bool:
-    """Save ``arrays`` (item name -> pytree) and the iterator state at ``step``."""
+def _is_grain(iterator) -> bool:
+    import grain
+    return isinstance(iterator, grain.DatasetIterator)
+
+
+def _data_args(iterator, restore: bool):
+    """Grain iterators save one state file per process (multi-host safe); others one JSON."""
+    if _is_grain(iterator):
+        import grain
+        return (grain.checkpoint.CheckpointRestore if restore else grain.checkpoint.CheckpointSave)(iterator)
+    return ocp.args.JsonRestore() if restore else ocp.args.JsonSave(iterator.get_state())
+
+
+def save(mgr: ocp.CheckpointManager, step: int, arrays: dict, iterator=None, force=False) -> bool:
+    """Save ``arrays`` (item name -> pytree) and the input iterator's position at ``step``."""
     items = {name: ocp.args.StandardSave(tree) for name, tree in arrays.items()}
-    if data_state is not None:
-        items["data"] = ocp.args.JsonSave(data_state)
+    if iterator is not None:
+        items["data"] = _data_args(iterator, restore=False)
     return mgr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -41,18 +54,21 @@ def available_items(workdir, step: int) -> set[str]:
     return {p.name for p in path.iterdir() if p.is_dir()} if path.exists() else set()
 
 
-def restore(mgr: ocp.CheckpointManager, step: int, targets: dict, with_data: bool = True):
+def restore(mgr: ocp.CheckpointManager, step: int, targets: dict, iterator=None):
     """Restore the items in ``targets`` (name -> abstract pytree with shardings).
 
-    Items the checkpoint lacks (e.g. opt_state of a converted model) are
-    returned as None so the caller can start them fresh.
+    Items the checkpoint lacks (e.g. opt_state of a converted model) come back
+    as None so the caller can start them fresh. With ``iterator``, its position
+    is restored too (in place).
     """
     present = available_items(mgr.directory.parent, step)
     items = {name: ocp.args.StandardRestore(t) for name, t in targets.items() if name in present}
-    if with_data and "data" in present:
-        items["data"] = ocp.args.JsonRestore()
+    if iterator is not None and "data" in present:
+        items["data"] = _data_args(iterator, restore=True)
     restored = mgr.restore(step, args=ocp.args.Composite(**items))
-    return {name: restored.get(name) if name in items else None for name in list(targets) + ["data"]}
+    if "data" in items and not _is_grain(iterator):
+        iterator.set_state(restored["data"])
+    return {name: restored.get(name) if name in items else None for name in targets}
 
 
 def abstract_like(tree):

@@ -66,9 +66,11 @@ def default_config() -> ml_collections.ConfigDict:
     # model quality can be claimed on it); "shards": latent-moment TFRecords.
     c.data.source = "synthetic_latents"
     c.data.shards = ""  # glob of latent-moment shards
-    c.data.num_workers = 0
-    c.data.shuffle_buffer = 1024
+    c.data.num_workers = 0  # Grain worker processes (0 = in the main process)
+    c.data.shuffle_buffer = 1024  # window shuffle, in records
+    c.data.cycle_length = 4  # shards interleaved at once
     c.data.prefetch = 2
+    c.data.on_corrupt = "raise"  # or "skip": skip and count corrupt TFRecord records
 
     # --- device mesh and logical-axis sharding rules ---------------------------
     c.mesh = ml_collections.ConfigDict()

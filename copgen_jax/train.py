@@ -174,7 +174,7 @@ def train(cfg, workdir, task, *, mesh=None) -> dict:
             metrics = logger.write(done, metrics)
             _log_images(logger, task, trainer, batch, done)
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or preempt.requested:
-            checkpoint.save(mgr, done, trainer.arrays(), iterator.get_state())
+            checkpoint.save(mgr, done, trainer.arrays(), iterator)
         if preempt.requested:
             logging.warning("checkpoint for step %d written after SIGTERM; exiting", done)
             break
@@ -189,10 +189,8 @@ def _resume(mgr, trainer, iterator) -> int:
     if step is None:
         logging.info("no checkpoint in %s: starting from scratch", mgr.directory)
         return 0
-    restored = checkpoint.restore(mgr, step, {k: checkpoint.abstract_like(v) for k, v in trainer.arrays().items()})
-    trainer.load(restored)
-    if restored["data"] is not None:
-        iterator.set_state(restored["data"])
+    targets = {k: checkpoint.abstract_like(v) for k, v in trainer.arrays().items()}
+    trainer.load(checkpoint.restore(mgr, step, targets, iterator))
     logging.info("resumed from step %d", step)
     return step
 
