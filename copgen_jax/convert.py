@@ -35,7 +35,7 @@ from copgen_jax.models.backbone import backbone_from_config
 from copgen_jax.modalities import Registry, registry_from_config
 
 __all__ = ["ConversionError", "load_torch_state_dict", "convert_backbone", "to_torch_state_dict",
-           "write_run", "load_params", "load_backbone"]
+           "params_state", "write_run", "load_params", "load_backbone", "BackboneFn"]
 
 
 def _torch():
@@ -66,9 +66,24 @@ def _registry(cfg, registry):
     return registry if registry is not None else registry_from_config(cfg)
 
 
+def _abstract_model(cfg, registry):
+    return parallel.abstract_model(lambda: backbone_from_config(cfg, registry, nnx.Rngs(0)))
+
+
 def _abstract_params(cfg, registry):
-    model = parallel.abstract_model(lambda: backbone_from_config(cfg, registry, nnx.Rngs(0)))
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return nnx.to_pure_dict(nnx.state(_abstract_model(cfg, registry), nnx.Param))
+
+
+def params_state(cfg, params: Mapping, registry: Registry | None = None) -> nnx.State:
+    """A pure dict of parameters as the ``nnx.Param`` state that runs checkpoint and restore.
+
+    Built from shapes only, then filled: no random initialisation to throw away.
+    """
+    if isinstance(params, nnx.State):
+        return params
+    _, state = nnx.split(_abstract_model(cfg, _registry(cfg, registry)), nnx.Param)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(params)))
+    return state
 
 
 def convert_backbone(state_dict: Mapping, cfg, registry: Registry | None = None, source: str = "state dict") -> dict:
@@ -99,35 +114,42 @@ def to_torch_state_dict(params: Mapping, cfg, registry: Registry | None = None, 
 
 
 def write_run(workdir, cfg, params: Mapping, step: int = 0) -> epath.Path:
-    """``workdir/config.json`` + ``checkpoints/<step>/{params,ema_params}``, like a training run."""
+    """``workdir/config.json`` + ``checkpoints/<step>/{params,ema_params}``, like a training run.
+
+    Both items hold the ``nnx.Param`` state, as the training loop saves them;
+    there is no ``opt_state``, so fine-tuning starts its optimizer fresh.
+    """
     workdir = epath.Path(workdir)
     if checkpoint.latest_step(workdir) is not None:
         raise FileExistsError(f"{workdir} already holds checkpoints; choose an empty --out directory")
+    state = params_state(cfg, params)
     checkpoint.save_config(workdir, cfg)
     mgr = checkpoint.manager(workdir, keep=1, async_save=False)
-    arrays = jax.tree.map(jnp.asarray, dict(params))
-    checkpoint.save(mgr, step, {"params": arrays, "ema_params": arrays}, force=True)
+    checkpoint.save(mgr, step, {"params": state, "ema_params": state}, force=True)
     mgr.wait_until_finished()
     mgr.close()
     return workdir
 
 
-def load_params(workdir, abstract: Mapping, item: str = "ema_params", step: int | None = None) -> dict:
-    """Restore one pure-dict item of a run into the shapes of ``abstract``."""
+def load_params(workdir, item: str = "ema_params", step: int | None = None):
+    """``(config, registry, nnx.Param state)`` of a run's checkpoint item, on the default device."""
+    cfg = checkpoint.load_config(workdir)
+    registry = registry_from_config(cfg)
     step = checkpoint.latest_step(workdir) if step is None else step
     if step is None:
         raise FileNotFoundError(f"{checkpoint.checkpoint_dir(workdir)} holds no checkpoint")
     path = checkpoint.checkpoint_dir(workdir) / str(step) / item
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: the checkpoint at step {step} has no {item!r} item")
+    _, state = nnx.split(_abstract_model(cfg, registry), nnx.Param)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), dict(abstract))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
     with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(path, target)
+        return cfg, registry, ckptr.restore(path, target)
 
 
 class BackboneFn:
-    """A converted backbone as ``f(latents, timesteps) -> outputs``, jitted.
+    """A backbone as ``f(latents, timesteps) -> outputs``, jitted.
 
     Dicts keyed by modality name in the release's layout: latents
     (B, C, H, W) float32, timesteps (B,) (integers or fractional), outputs
@@ -136,15 +158,12 @@ class BackboneFn:
     them to match the release, which always runs the full sequence.
     """
 
-    def __init__(self, cfg, registry: Registry, params: Mapping):
+    def __init__(self, cfg, registry: Registry, params):
         self.config, self.registry = cfg, registry
-        # Built from shapes only, then filled: no random initialisation to throw away.
-        abstract = parallel.abstract_model(lambda: backbone_from_config(cfg, registry, nnx.Rngs(0)))
-        graphdef, state = nnx.split(abstract, nnx.Param)
-        nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(params)))
-        self.model = nnx.merge(graphdef, state)
+        graphdef, _ = nnx.split(_abstract_model(cfg, registry), nnx.Param)
+        self._state = params_state(cfg, params, registry)
+        self.model = nnx.merge(graphdef, self._state)
         self._forward = jax.jit(lambda s, x, t: nnx.merge(graphdef, s)(x, t))
-        self._state = state
 
     def __call__(self, latents: Mapping, timesteps: Mapping) -> dict[str, np.ndarray]:
         missing = [n for n in latents if n not in timesteps]
@@ -157,9 +176,7 @@ class BackboneFn:
 
 def load_backbone(workdir, item: str = "ema_params") -> BackboneFn:
     """The backbone of a run directory (converted or trained) as a jitted callable."""
-    cfg = checkpoint.load_config(workdir)
-    registry = registry_from_config(cfg)
-    return BackboneFn(cfg, registry, load_params(workdir, _abstract_params(cfg, registry), item))
+    return BackboneFn(*load_params(workdir, item))
 
 
 # ---------------------------------------------------------------------------

@@ -14,13 +14,15 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from flax import nnx  # noqa: E402
+from flax import nnx, traverse_util  # noqa: E402
 
 from configs import test as test_config  # noqa: E402
-from copgen_jax import checkpoint, convert, convert_parity, parallel  # noqa: E402
+from copgen_jax import checkpoint, convert, convert_parity  # noqa: E402
+from copgen_jax.backbone_task import BackboneTask  # noqa: E402
 from copgen_jax.convert_backbone import rules_from_config  # noqa: E402
-from copgen_jax.models.backbone import backbone_from_config, patchify  # noqa: E402
+from copgen_jax.models.backbone import patchify  # noqa: E402
 from copgen_jax.modalities import build_registry, registry_from_config  # noqa: E402
+from copgen_jax.train import Trainer  # noqa: E402
 
 
 def release_state_dict(reg, d, depth, mlp_ratio=4, seed=0):
@@ -135,19 +137,22 @@ def test_converted_run_matches_reference_forward(tiny, tmp_path):
         assert convert_parity.relative_error(ours[name], ref[name].numpy()) < 1e-5, name
 
 
-def test_checkpoint_restores_as_training_params(tiny, tmp_path):
-    """Step 0 holds params == ema_params and no optimizer state, as pure dicts of the model's shapes."""
+def test_training_loop_resumes_from_a_converted_run(tiny, tmp_path):
+    """Step 0 holds params == ema_params and no optimizer state; the trainer restores it on its mesh."""
     cfg, reg, sd = tiny
     params = convert.convert_backbone(numpy_sd(sd), cfg)
     convert.write_run(tmp_path, cfg, params)
-    model = parallel.abstract_model(lambda: backbone_from_config(cfg, reg, nnx.Rngs(0)))
-    target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    mgr = checkpoint.manager(tmp_path, async_save=False)
-    restored = checkpoint.restore(mgr, 0, {"params": target, "ema_params": target, "opt_state": None})
-    assert restored["opt_state"] is None and restored.get("data") is None
+    trainer = Trainer(cfg, BackboneTask(cfg, reg))
+    targets = {k: checkpoint.abstract_like(v) for k, v in trainer.arrays().items()}
+    restored = checkpoint.restore(checkpoint.manager(tmp_path, async_save=False), 0, targets)
+    assert restored["opt_state"] is None  # fine-tuning starts the optimizer fresh
+    trainer.load(restored)
+    expected = traverse_util.flatten_dict(params)
     for item in ("params", "ema_params"):
-        for a, b in zip(jax.tree.leaves(restored[item]), jax.tree.leaves(params)):
-            np.testing.assert_array_equal(a, b)
+        got = traverse_util.flatten_dict(nnx.to_pure_dict(trainer.arrays()[item]))
+        assert got.keys() == expected.keys()
+        for path, value in expected.items():
+            np.testing.assert_array_equal(np.asarray(got[path]), value, err_msg=f"{item} {path}")
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
         convert.write_run(tmp_path, cfg, params)
 
