@@ -6,6 +6,7 @@ torch.nn.functional from the SPEC's maths, so no release code is needed.
 """
 import math
 import sys
+import types
 
 import jax
 import numpy as np
@@ -238,6 +239,43 @@ def test_parity_without_release_says_how_to_get_it(tiny, tmp_path, monkeypatch, 
     assert convert_parity.run(cfg, str(tmp_path / "nnet_ema.pth"), None) == 3
     err = capsys.readouterr().err
     assert "cannot import libs.copgen_multi_post_ln" in err and "PYTHONPATH=/path/to/COP-GEN" in err
+
+
+def fake_release(reg, offset=0.0):
+    """A stand-in for the release's ``libs.copgen_multi_post_ln`` running the SPEC reference."""
+    class COPGEN:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+        def load_state_dict(self, sd, strict=True):
+            self.sd = dict(sd)
+
+        def eval(self):
+            return self
+
+        def __call__(self, imgs, t_imgs):
+            kw = self.kwargs
+            assert list(kw["modalities"]) == list(reg.names)  # the release's (sorted) order
+            out = reference_forward(self.sd, reg, kw["embed_dim"], kw["num_heads"],
+                                    dict(zip(reg.names, imgs)), dict(zip(reg.names, t_imgs)))
+            return [out[n] + (offset if i == 1 else 0.0) for i, n in enumerate(reg.names)]
+
+    return types.SimpleNamespace(COPGEN=COPGEN)
+
+
+@pytest.mark.parametrize("offset,status", [(0.0, 0), (1e-2, 1)])
+def test_parity_check_passes_only_within_tolerance(tiny, tmp_path, monkeypatch, capsys, offset, status):
+    cfg, reg, sd = tiny
+    torch.save(sd, tmp_path / "nnet_ema.pth")
+    monkeypatch.setitem(sys.modules, "libs.copgen_multi_post_ln", fake_release(reg, offset))
+    kwargs = convert_parity.release_backbone_kwargs(cfg, reg)
+    assert kwargs["patch_size"] == {m.name: m.patch for m in reg} and kwargs["embed_dim"] == cfg.model.hidden
+    assert [kwargs["modalities"][n].modality_type for n in reg.names] == ["scalar", "image", "image"]
+    assert convert_parity.run(cfg, str(tmp_path / "nnet_ema.pth"), None, seeds=2) == status
+    out = capsys.readouterr().out
+    assert ("parity: PASS" if status == 0 else "parity: FAIL") in out
+    line = next(line for line in out.splitlines() if line.strip().startswith(reg.names[1]))
+    assert line.endswith("FAIL" if status else "ok"), out
 
 
 def test_missing_file_and_non_state_dict(tmp_path):
