@@ -1,0 +1,100 @@
+"""Loading a run for generation: the EMA backbone on a mesh and the modality tokenizers.
+
+Both are restored into models built from shapes only (``nnx.eval_shape``): nothing is
+randomly initialised, compiled or allocated twice, so loading costs the read alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from copgen_jax import checkpoint, parallel
+from copgen_jax.models.backbone import backbone_from_config
+from copgen_jax.modalities import Registry
+
+
+def run_dir(path, step: int | None):
+    """(workdir, step) from a workdir or one of its ``<workdir>/checkpoints/<step>`` directories."""
+    path = epath.Path(path)
+    if not (path / "config.json").exists() and path.parent.name == "checkpoints" and path.name.isdigit():
+        return path.parent.parent, int(path.name) if step is None else step
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no config.json; give a run directory (<workdir>) or one of its "
+                                "checkpoints (<workdir>/checkpoints/<step>)")
+    return path, step
+
+
+def _item_path(workdir, step: int | None, item: str) -> epath.Path:
+    steps = sorted(int(p.name) for p in checkpoint.checkpoint_dir(workdir).iterdir() if p.name.isdigit()) \
+        if checkpoint.checkpoint_dir(workdir).exists() else []
+    if not steps:
+        raise FileNotFoundError(f"{checkpoint.checkpoint_dir(workdir)}: no checkpoint; train it first")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(f"{workdir}: no checkpoint at step {step}; available: {steps}")
+    path = checkpoint.checkpoint_dir(workdir) / str(step) / item
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: checkpoint {step} has no {item!r} item")
+    return path
+
+
+def restore_into(abstract_module, path, shardings=None) -> nnx.Module:
+    """``abstract_module`` (from ``nnx.eval_shape``) with its Params read from the Orbax item ``path``."""
+    graphdef, state = nnx.split(abstract_module, nnx.Param)
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: device, state)
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(path, target)
+    return nnx.merge(graphdef, restored)
+
+
+def restore_backbone(cfg, registry: Registry, workdir, step: int | None, mesh) -> nnx.Module:
+    """The EMA backbone of a run, read straight into its shardings on ``mesh``."""
+    rules = parallel.rules_from_config(cfg.mesh)
+    abstract = parallel.abstract_model(lambda: backbone_from_config(cfg, registry, nnx.Rngs(0)), mesh, rules)
+    shardings = parallel.param_shardings(abstract, mesh, rules)
+    return restore_into(abstract, _item_path(workdir, step, "ema_params"), shardings)
+
+
+def load_autoencoder(run, registry: Registry):
+    """(autoencoder, scale factor or None) of the tokenizer run ``run`` (newest checkpoint, EMA)."""
+    from copgen_jax.tokenizer_store import read_scale_factor
+    from copgen_jax.tokenizer_task import TokenizerTask
+    cfg = checkpoint.load_config(run)
+    if cfg.get("task") != "tokenizer" or not cfg.get("tokenizer"):
+        raise ValueError(f"{run}/config.json is not a tokenizer run (task={cfg.get('task')!r})")
+    task = TokenizerTask(cfg, registry)
+    model = restore_into(parallel.abstract_model(lambda: task.create_model(nnx.Rngs(0))),
+                         _item_path(run, None, "ema_params"))
+    info = read_scale_factor(os.fspath(run))
+    return model.autoencoder, (info or {}).get("scale_factor")
+
+
+def load_autoencoders(tokenizers_dir, registry: Registry):
+    """Every spatial modality's autoencoder, and the registry with the tokenizers' scale factors.
+
+    A tokenizer's ``scale_factor.json`` (written when its latents were encoded) wins over
+    the registry's default, so sampling scales latents as the latent shards were scaled.
+    """
+    root = epath.Path(tokenizers_dir)
+    out, factors = {}, {}
+    for m in registry.spatial:
+        run = root / m.name
+        if not (run / "config.json").exists():
+            raise FileNotFoundError(f"{run}: no tokenizer run for {m.name}; train one with `python -m "
+                                    f"copgen_jax.main --config=configs/tokenizer.py --config.tokenizer."
+                                    f"modality={m.name} --workdir={run}` or convert the released weights")
+        out[m.name], factors[m.name] = load_autoencoder(run, registry)
+        if out[m.name].z_channels != m.latent_channels or out[m.name].downsample != m.downsample:
+            raise ValueError(f"{run}: its latents have {out[m.name].z_channels} channels at 1/{out[m.name].downsample}"
+                             f" resolution; the backbone expects {m.latent_shape}; use tokenizers of its registry")
+    registry = Registry(dataclasses.replace(m, scale_factor=factors[m.name]) if factors.get(m.name) else m
+                        for m in registry)
+    return out, registry
