@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import colorsys
 
+import grain
 import numpy as np
 
 from copgen_jax.modalities import CATEGORICAL, Modality
@@ -104,20 +105,19 @@ def shard_paths(spec: str, split: str = "train") -> list[str]:
     return files
 
 
-class PresentPixels:
+class PresentPixels(grain.DatasetIterator):
     """Batches of one modality from a pixel pipeline, skipping records where it is absent.
 
-    Wraps an iterator of single records (``{"pixels": {name: (1, ...)},
+    Wraps a Grain iterator of single records (``{"pixels": {name: (1, ...)},
     "present": {name: (1,)}}``) and collects ``batch`` present ones. Between
     batches nothing is buffered, so the wrapped iterator's state is the whole
-    state and resumption is exact.
+    state and resumption is exact; being a Grain iterator itself, each process
+    checkpoints its own state.
     """
 
     def __init__(self, records, name: str, batch: int, max_skips: int = 100_000):
+        super().__init__(records)
         self.records, self.name, self.batch, self.max_skips = records, name, batch, max_skips
-
-    def __iter__(self):
-        return self
 
     def __next__(self):
         rows, skipped = [], 0

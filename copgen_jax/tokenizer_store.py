@@ -14,7 +14,9 @@ Loading takes the EMA weights of the newest checkpoint (what the release ships).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
 from typing import Iterable
 
@@ -44,18 +46,39 @@ class Tokenizer:
 
     def encode_fn(self):
         """A jitted ``pixels (B, C, H, W) -> (mean, logvar)``."""
-        return _bound(self.autoencoder, lambda ae, x: ae.encode(x))
+        return _bound(self.autoencoder, _encode)
 
     def decode_fn(self):
         """A jitted ``latent (B, z, h, w) -> decoder output (B, C, H, W)`` (categorical: logits)."""
-        return _bound(self.autoencoder, lambda ae, z: ae.decode(z))
+        return _bound(self.autoencoder, _decode)
+
+
+def _encode(ae, x):
+    return ae.encode(x)
+
+
+def _decode(ae, z):
+    return ae.decode(z)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted(graphdef, fn):
+    return jax.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
 
 
 def _bound(module, fn):
-    """``fn(module, *args)`` jitted with the weights as an argument (not baked-in constants)."""
+    """``fn(module, *args)`` jitted with the weights as an argument (not baked-in constants).
+
+    Compilations are shared by every module of the same structure and ``fn``.
+    """
     graphdef, state = nnx.split(module)
-    jitted = jax.jit(lambda st, *args: fn(nnx.merge(graphdef, st), *args))
+    jitted = _jitted(graphdef, fn)
     return lambda *args: jitted(state, *args)
+
+
+def _moment_sums(ae, x, rng):
+    z = sample_latent(*ae.encode(x), rng)
+    return jnp.sum(z), jnp.sum(jnp.square(z))
 
 
 def build_model(task: TokenizerTask, seed: int = 0) -> TokenizerWithDisc:
@@ -85,17 +108,19 @@ def load_tokenizer(run_dir, step: int | None = None, registry=None) -> Tokenizer
     if cfg.get("task") != "tokenizer" or not cfg.get("tokenizer"):
         raise ValueError(f"{run_dir}/config.json is not a tokenizer run (task={cfg.get('task')!r})")
     task = TokenizerTask(cfg, registry)
-    model = build_model(task)
+    with nnx.use_eager_sharding(False):  # shapes only: the weights come from the checkpoint
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: task.create_model(nnx.Rngs(0))), nnx.Param)
     mgr = checkpoint.manager(run_dir, keep=1, async_save=False)
     step = mgr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint under checkpoints/; train the tokenizer first")
-    target = {"ema_params": checkpoint.abstract_like(nnx.state(model, nnx.Param))}
-    restored = checkpoint.restore(mgr, step, target, with_data=False)["ema_params"]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+    restored = checkpoint.restore(mgr, step, {"ema_params": target})["ema_params"]
     mgr.close()
     if restored is None:
         raise FileNotFoundError(f"{run_dir}: checkpoint {step} has no ema_params")
-    nnx.update(model, restored)
+    model = nnx.merge(graphdef, restored)
     info = read_scale_factor(run_dir)
     return Tokenizer(model.autoencoder, task.modality, cfg, run_dir, int(step),
                      info["scale_factor"] if info else None)
@@ -112,18 +137,15 @@ def compute_scale_factor(tok: Tokenizer, batches: Iterable[np.ndarray], seed: in
     Sums run in float64 on the host, so the result does not depend on how the
     data was batched beyond the random draws.
     """
-    def moments_sums(ae, x, rng):
-        z = sample_latent(*ae.encode(x), rng)
-        return jnp.sum(z), jnp.sum(jnp.square(z)), z.size
-
-    sums = _bound(tok.autoencoder, moments_sums)
+    sums = _bound(tok.autoencoder, _moment_sums)
 
     total = total_sq = 0.0
     count = examples = 0
     rng = jax.random.key(seed)
     for i, x in enumerate(batches):
-        s, sq, n = sums(jnp.asarray(x, jnp.float32), jax.random.fold_in(rng, i))
-        total, total_sq, count, examples = total + float(s), total_sq + float(sq), count + int(n), examples + len(x)
+        s, sq = sums(jnp.asarray(x, jnp.float32), jax.random.fold_in(rng, i))
+        n = len(x) * math.prod(tok.modality.latent_shape)
+        total, total_sq, count, examples = total + float(s), total_sq + float(sq), count + n, examples + len(x)
     if not count:
         raise ValueError(f"{tok.modality.name}: no training examples to compute the scale factor from "
                          "(is the modality present in the train split?)")

@@ -14,7 +14,8 @@ from copgen_jax import encode, parallel, shard_writer, shards, tfrecord
 from copgen_jax.modalities import build_registry, registry_from_config
 from copgen_jax.models.tokenizer import AutoencoderKL, autoencoder_from_config, outputs_to_pixels
 from copgen_jax.tokenizer_eval import evaluate_tokenizer, evaluation_units
-from copgen_jax.tokenizer_store import build_model, export_tokenizer, load_tokenizer, read_scale_factor
+from copgen_jax.tokenizer_store import (build_model, compute_scale_factor, export_tokenizer, load_tokenizer,
+                                       read_scale_factor)
 from copgen_jax.tokenizer_task import TokenizerTask
 from copgen_jax.train import Trainer
 
@@ -172,3 +173,164 @@ def test_lpips_is_refused_and_small_inputs_checked():
         TokenizerTask(config(perceptual_weight=1.0))
     with pytest.raises(ValueError, match="16 px is too small for a 3-layer discriminator"):
         TokenizerTask(config("DEM_DEM", disc_layers=3))
+
+
+# ---------------------------------------------------------------------------- data, scale factors, encoding
+
+REG = registry_from_config(tokenizer_test.get_config())  # lat/lon, DEM 16 px, S2L2A RGBN 48 px
+S2, DEM, LATLON = "S2L2A_B02_B03_B04_B08", "DEM_DEM", "3d_cartesian_lat_lon"
+
+
+def footprints(cell):
+    """Four footprints in physical units; DEM absent from the first, the last one held out."""
+    for i in range(4):
+        rng = np.random.default_rng([int(cell[1:]), i])
+        pixels = {S2: rng.uniform(0, 4000, REG[S2].physical_shape), LATLON: np.array([10.0 + i, 20.0 + int(cell[1:])])}
+        if i:
+            pixels[DEM] = rng.uniform(1, 900, REG[DEM].physical_shape)
+        yield {"key": f"{cell}/0/{i}_0", "cell_id": cell, "observation": 0, "row": i, "col": 0,
+               "split": "test" if i == 3 else "train", "crs": "EPSG:32631", "date": "2021-06-01",
+               "transform": (10.0, 0.0, 500000.0 + 1920 * i, 0.0, -10.0, 4000000.0), "pixels": pixels}
+
+
+def _pixel_features(cell):
+    return (shards.pixel_features(rec, REG) for rec in footprints(cell))
+
+
+@pytest.fixture(scope="module")
+def pixel_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("pixels"))
+    shard_writer.build_shards(out, ["c0", "c1", "c2"], _pixel_features, registry=REG, kind=shards.PIXELS,
+                              name="px", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizers_dir(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tokenizers"))
+    for seed, name in enumerate((DEM, S2)):
+        cfg = config(name, disc_layers=0)
+        cfg.seed = seed
+        export_tokenizer(os.path.join(root, name), cfg, build_model(TokenizerTask(cfg), seed), step=7)
+    return root
+
+
+def records(directory, split, kind):
+    out = []
+    for path in shard_writer.shard_files(directory, split):
+        out.append([shards.decode_record(d, REG, kind) for d in tfrecord.read_records(path)])
+    return out
+
+
+def test_pixel_shards_feed_tokenizer_training(pixel_dir):
+    cfg = config(DEM, disc_layers=0)
+    cfg.data.source, cfg.data.shards, cfg.train.global_batch = "shards", pixel_dir, 3
+    cfg.data.shuffle_buffer = 1  # shard order still shuffled; no mixing of epochs within a window
+    task = TokenizerTask(cfg)
+    train_dem = {r["values"][DEM].tobytes() for group in records(pixel_dir, "train", shards.PIXELS)
+                 for r in group if r["present"][DEM]}
+    assert len(train_dem) == 6  # 3 cells x 2 train footprints with DEM
+    it = task.make_iterator(0, 1, seed=0)
+    first = next(it)["pixels"]
+    state = it.get_state()
+    second = next(it)["pixels"]
+    assert first.shape == (3,) + REG[DEM].pixel_shape
+    assert {row.tobytes() for row in np.concatenate([first, second])} == train_dem  # present ones only, all of them
+    resumed = task.make_iterator(0, 1, seed=0)
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["pixels"], second)
+
+
+def test_scale_factors_computed_and_stored(tokenizers_dir, pixel_dir):
+    toks = encode.load_tokenizers(tokenizers_dir, [DEM, S2])
+    assert toks[S2].step == 7 and toks[S2].scale_factor is None
+    factors = encode.ensure_scale_factors(toks, pixel_dir, batches=10, batch_size=3)
+    train = {name: np.concatenate([r["values"][name][None] for g in records(pixel_dir, "train", shards.PIXELS)
+                                   for r in g if r["present"][name]]) for name in (DEM, S2)}
+    for name, tok in toks.items():
+        info = read_scale_factor(tok.run_dir)
+        assert info["scale_factor"] == factors[name] == tok.scale_factor and info["step"] == 7
+        assert info["examples"] == len(train[name]) and info["count"] == len(train[name]) * np.prod(
+            REG[name].latent_shape)
+    # 1 / std of z = mean + sigma eps, here with Var z = E[mean^2 + sigma^2] - E[mean]^2 (9 x 576 values).
+    mean, logvar = (np.asarray(a, np.float64) for a in toks[S2].encode_fn()(jnp.asarray(train[S2])))
+    var = np.mean(mean ** 2 + np.exp(logvar)) - np.mean(mean) ** 2
+    np.testing.assert_allclose(factors[S2], 1 / np.sqrt(var), rtol=0.03)
+    # Exactly, once the posterior is a point (log-variance clipped to -30): 1 / std of the means.
+    ae = toks[DEM].autoencoder
+    ae.quant_conv.bias[...] = ae.quant_conv.bias[...].at[ae.z_channels:].set(-1e3)
+    exact = compute_scale_factor(toks[DEM], [train[DEM][:3], train[DEM][3:]])
+    np.testing.assert_allclose(exact["scale_factor"], 1 / np.std(np.asarray(toks[DEM].encode_fn()(train[DEM])[0],
+                                                                            np.float64)), rtol=1e-4)
+    assert load_tokenizer(toks[DEM].run_dir).scale_factor == factors[DEM]  # stored with the run
+    assert encode.ensure_scale_factors(encode.load_tokenizers(tokenizers_dir, [DEM, S2]), pixel_dir) == factors
+
+
+def test_encoding_resumes_after_interruption(tokenizers_dir, pixel_dir, tmp_path, monkeypatch):
+    out = str(tmp_path / "latents")
+    calls, real = [], encode.make_encoder
+
+    def counted(crash_at):
+        def make(toks, batch_size):
+            fn = real(toks, batch_size)
+
+            def encode_batch(pixels, present):
+                calls.append(len(next(iter(pixels.values()))))
+                if len(calls) == crash_at:
+                    raise RuntimeError("simulated crash")
+                return fn(pixels, present)
+            return encode_batch
+        return make
+
+    # Per group (cell): 3 train records in batches of 2 and 1, then 1 test record: 3 calls.
+    monkeypatch.setattr(encode, "make_encoder", counted(crash_at=5))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        encode.encode_shards(tokenizers_dir, pixel_dir, out, batch_size=2, progress=False)
+    assert not os.path.exists(os.path.join(out, "manifest.json"))
+    calls.clear()
+    monkeypatch.setattr(encode, "make_encoder", counted(crash_at=-1))
+    assert encode.main(["--tokenizers", tokenizers_dir, "--pixels", pixel_dir, "--out", out, "--batch_size", "2"]) == 0
+    assert len(calls) == 6  # group 0 was kept; groups 1 and 2 encoded
+
+    manifest = shard_writer.load_manifest(out)
+    assert manifest["records"] == {"train": 9, "test": 3} and manifest["kind"] == "latents"
+    toks = encode.load_tokenizers(tokenizers_dir, [DEM, S2])
+    for name in (DEM, S2):
+        assert manifest["registry"][name]["scale_factor"] == read_scale_factor(toks[name].run_dir)["scale_factor"]
+    pinned = json.load(open(os.path.join(out, encode.TOKENIZERS_FILE)))
+    assert pinned[S2]["step"] == 7 and manifest["source"]["tokenizers"] == pinned
+    for split in ("train", "test"):
+        for pix, lat in zip(records(pixel_dir, split, shards.PIXELS), records(out, split, shards.LATENTS)):
+            assert [r["key"] for r in lat] == [r["key"] for r in pix]  # same records, same order, no duplicates
+            for p, z in zip(pix, lat):
+                assert z["present"] == p["present"] and z["transform"] == p["transform"] and z["split"] == split
+                np.testing.assert_array_equal(z["values"][LATLON], p["values"][LATLON])
+                for name in (DEM, S2):
+                    if not p["present"][name]:
+                        assert name + "/mean" not in z["values"]
+                        continue
+                    mean, logvar = toks[name].encode_fn()(jnp.asarray(p["values"][name][None]))
+                    np.testing.assert_allclose(z["values"][name + "/mean"], mean[0], rtol=1e-5, atol=1e-5)
+                    np.testing.assert_allclose(z["values"][name + "/logvar"], logvar[0], rtol=1e-5, atol=1e-5)
+    pinned[DEM]["step"] = 8  # other tokenizers behind the same output: refused
+    shard_writer.write_json(os.path.join(out, encode.TOKENIZERS_FILE), pinned)
+    with pytest.raises(shard_writer.BuildError, match="encoded with other tokenizers"):
+        encode.encode_shards(tokenizers_dir, pixel_dir, out, batch_size=2, progress=False)
+
+
+def test_evaluation_report(tokenizers_dir, pixel_dir, tmp_path):
+    from copgen_jax import tokenizer_eval
+    out = str(tmp_path / "eval.json")
+    assert tokenizer_eval.main(["--tokenizer", os.path.join(tokenizers_dir, S2), "--pixels", pixel_dir,
+                                "--out", out, "--batch_size", "2"]) == 0
+    report = json.load(open(out))
+    assert report["modality"] == S2 and report["split"] == "test"
+    assert report["baseline_sides"] == {"bicubic_same_grid": 12, "bicubic_same_values": 12}  # z = C = 4
+    assert set(report["results"]) == {"tokenizer", "bicubic_same_grid", "bicubic_same_values"}
+    for result in report["results"].values():
+        assert result["examples"] == 3 and set(result["per_band"]) == {"B04", "B03", "B02", "B08"}
+        assert np.isfinite([result[k] for k in ("mae", "rmse", "psnr", "ssim")]).all()
+        assert 0 < result["mae"] < 1  # reflectance units
+    m = REG[S2]
+    x = np.random.default_rng(0).uniform(0, 4000, m.physical_shape)
+    np.testing.assert_allclose(evaluation_units(m, m.normalize(x)), x / 1e4, rtol=1e-4, atol=1e-6)
