@@ -43,7 +43,7 @@ class Footprint:
     def from_grid(cls, crs, transform, pixels: int) -> "Footprint":
         """The footprint covered by a ``pixels`` x ``pixels`` raster with ``transform``."""
         crs = CRS.from_user_input(crs) if crs is not None else None
-        return cls(crs, Affine(*tuple(transform)[:6]) * Affine.scale(pixels))
+        return cls(crs, Affine(*tuple(transform)[:6]) @ Affine.scale(pixels))
 
     @classmethod
     def centred_on(cls, lat: float, lon: float, side: float) -> "Footprint":
@@ -55,7 +55,7 @@ class Footprint:
 
     def transform_for(self, m: Modality) -> Affine:
         """The geotransform of modality ``m``'s native grid on this footprint."""
-        return self.unit * Affine.scale(1.0 / m.size)
+        return self.unit @ Affine.scale(1.0 / m.size)
 
     @property
     def side(self) -> float:
@@ -68,7 +68,7 @@ class Footprint:
 
     def centre_latlon(self) -> tuple[float, float]:
         """(lat, lon) in degrees of the footprint's centre."""
-        x, y = self.unit * (0.5, 0.5)
+        x, y = self.unit @ (0.5, 0.5)
         (lon,), (lat,) = warp_transform(self.crs, "EPSG:4326", [x], [y])
         return lat, lon
 
@@ -76,8 +76,8 @@ class Footprint:
         """Same CRS and corners within ``tolerance`` CRS units."""
         if (self.crs is None) != (other.crs is None) or (self.crs is not None and self.crs != other.crs):
             return False
-        return all(abs(a - b) <= tolerance for a, b in zip(self.unit * (0, 0) + self.unit * (1, 1),
-                                                           other.unit * (0, 0) + other.unit * (1, 1)))
+        return all(abs(a - b) <= tolerance for a, b in zip(self.unit @ (0, 0) + self.unit @ (1, 1),
+                                                           other.unit @ (0, 0) + other.unit @ (1, 1)))
 
 
 @dataclasses.dataclass
@@ -184,7 +184,7 @@ def write_raster(path, data: np.ndarray, m: Modality, footprint: Footprint | Non
     profile = dict(driver="GTiff", width=data.shape[-1], height=data.shape[-2], count=data.shape[0], dtype=dtype,
                    compress="deflate")
     if footprint is not None:
-        profile.update(crs=footprint.crs, transform=footprint.unit * Affine.scale(1.0 / data.shape[-1]))
+        profile.update(crs=footprint.crs, transform=footprint.unit @ Affine.scale(1.0 / data.shape[-1]))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data.astype(dtype))

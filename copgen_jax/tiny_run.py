@@ -60,7 +60,7 @@ def host_initialised(ctor, seed: int) -> nnx.Module:
     return nnx.merge(graphdef, state)
 
 
-def make_tokenizer(run_dir: str, cfg, steps: int) -> None:
+def make_tokenizer(run_dir: str, cfg, steps: int, scale_factor: bool = True) -> None:
     from copgen_jax.tokenizer_store import Tokenizer, compute_scale_factor, export_tokenizer, write_scale_factor
     from copgen_jax.tokenizer_task import TokenizerTask
     task = TokenizerTask(cfg)
@@ -70,7 +70,7 @@ def make_tokenizer(run_dir: str, cfg, steps: int) -> None:
             train(cfg, run_dir, task)
         else:
             export_tokenizer(run_dir, cfg, host_initialised(lambda: task.create_model(nnx.Rngs(0)), cfg.seed))
-    if not os.path.exists(os.path.join(run_dir, "scale_factor.json")):
+    if scale_factor and not os.path.exists(os.path.join(run_dir, "scale_factor.json")):
         from copgen_jax.generate_load import load_autoencoder
         ae, _ = load_autoencoder(run_dir, task.registry)
         it = task.make_iterator(0, 1, cfg.seed)
@@ -79,8 +79,12 @@ def make_tokenizer(run_dir: str, cfg, steps: int) -> None:
         write_scale_factor(run_dir, compute_scale_factor(tok, batches, seed=cfg.seed))
 
 
-def make_run(workdir, backbone_cfg, tokenizer_cfg, *, tokenizer_steps: int = 0, mesh=None) -> str:
-    """Backbone at ``workdir`` plus ``workdir/tokenizers/<modality>`` for every spatial modality."""
+def make_run(workdir, backbone_cfg, tokenizer_cfg, *, tokenizer_steps: int = 0, scale_factors: bool = True,
+             mesh=None) -> str:
+    """Backbone at ``workdir`` plus ``workdir/tokenizers/<modality>`` for every spatial modality.
+
+    Without ``scale_factors`` the tokenizers get no scale_factor.json (the registry's factors apply).
+    """
     workdir = os.fspath(workdir)
     if checkpoint.latest_step(workdir) is None:
         from copgen_jax.backbone_task import BackboneTask
@@ -89,5 +93,5 @@ def make_run(workdir, backbone_cfg, tokenizer_cfg, *, tokenizer_steps: int = 0, 
         train(backbone_cfg, workdir, BackboneTask(backbone_cfg), mesh=mesh)
     for m in registry_from_config(backbone_cfg).spatial:
         cfg = tokenizer_run_config(backbone_cfg, tokenizer_cfg, m.name, tokenizer_steps)
-        make_tokenizer(os.path.join(workdir, "tokenizers", m.name), cfg, tokenizer_steps)
+        make_tokenizer(os.path.join(workdir, "tokenizers", m.name), cfg, tokenizer_steps, scale_factors)
     return workdir
