@@ -1,8 +1,14 @@
 """The embedded default: the whole chain on a CPU in minutes.
 
 synthetic world -> pixel shards -> tokenizers -> latent shards -> backbone ->
-any-to-any samples -> report. Each stage is resumable and skipped when done.
+any-to-any samples on held-out footprints -> report (PNG sheets, GeoTIFFs,
+metrics JSON). Each stage is resumable and skipped when done.
+
+Six modalities at 1/4 of their native resolution (S2/S1/land cover 48 px at
+40 m, DEM 16 px at 120 m), so that everything trains on two CPU cores.
 """
+import ml_collections
+
 from copgen_jax.defaults import default_config
 
 
@@ -11,17 +17,41 @@ def get_config():
     c.task = "pipeline"
     c.modalities.names = ("3d_cartesian_lat_lon", "DEM_DEM", "LULC_LULC", "S1RTC_vh_vv",
                           "S2L2A_B02_B03_B04_B08", "mean_timestamps")
-    c.modalities.pixel_scale = 4  # 192 -> 48 px at 40 m; DEM 64 -> 16 px
-    c.modalities.downsample = 4  # 48 px -> 12x12 latent
+    c.modalities.pixel_scale = 4
+    c.modalities.downsample = 4  # 48 px -> 12x12 latents, 36 tokens per image modality
     c.modalities.patch = 2
     c.modalities.latent_channels = 4
+
     c.model.hidden, c.model.depth, c.model.heads = 128, 4, 4
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 100
-    c.optim.ema_rate = 0.999
-    c.diffusion.modality_dropout = 0.15
+    c.optim.lr = 5e-4
+    c.optim.warmup_steps = 200
+    c.optim.ema_rate = 0.998
+    c.diffusion.modality_dropout = 0.2  # trains every subset as a condition; absent modalities drop out
     c.train.global_batch = 32
-    c.train.steps = 3000
-    c.train.log_every = 100
+    c.train.steps = 2000
+    c.train.log_every = 200
     c.train.checkpoint_every = 500
+    c.data.shuffle_buffer = 512
+
+    c.pipeline = ml_collections.ConfigDict()
+    p = c.pipeline
+    p.cells, p.observations, p.footprints_per_side, p.world_seed = 16, 4, 3, 0
+    p.encode_batch = 32
+    p.tokenizer = ml_collections.ConfigDict()
+    p.tokenizer.model = ml_collections.ConfigDict(dict(
+        ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, disc_layers=0, scale_factor_batches=16))
+    p.tokenizer.optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=50, ema_rate=0.99))
+    p.tokenizer.train = ml_collections.ConfigDict(dict(global_batch=8, steps=600, log_every=100,
+                                                       checkpoint_every=300, async_checkpoint=False))
+    p.tokenizer.shuffle_buffer = 64
+    # any-to-any tasks sampled on held-out footprints: "given+given->generated+generated"
+    p.tasks = ("DEM_DEM+LULC_LULC->S2L2A_B02_B03_B04_B08",
+               "S1RTC_vh_vv->S2L2A_B02_B03_B04_B08",
+               "S2L2A_B02_B03_B04_B08->S1RTC_vh_vv",
+               "DEM_DEM->LULC_LULC",
+               "S2L2A_B02_B03_B04_B08->LULC_LULC+DEM_DEM")
+    p.footprints = 4  # held-out footprints per task
+    p.n_samples = 8
+    p.sample_steps = 50
+    p.sampler = "ddim"
     return c

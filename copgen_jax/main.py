@@ -59,8 +59,17 @@ def run(cfg, workdir):
     raise ValueError(f"unknown task {cfg.task!r}: expected backbone, tokenizer or pipeline")
 
 
+class _QuietLibraries(logging.Filter):
+    """Keep INFO lines of our own; libraries (Orbax logs every file rename) only from WARNING."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or "copgen_jax" in record.pathname or "datasets" in record.pathname
+
+
 def main(argv):
     del argv
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietLibraries())
     cfg = _CONFIG.value
     if cfg is None:
         raise app.UsageError("--config=configs/NAME.py is required")

@@ -144,3 +144,29 @@ def test_unshardable_batch_is_a_clear_error():
     with pytest.raises(parallel.ShardingError, match="needs 16 devices but 8 are available"):
         cfg.mesh.data, cfg.mesh.fsdp = 4, 4
         parallel.make_mesh(cfg.mesh, jax.devices())
+
+
+def test_bf16_compute_with_remat_keeps_fp32_master_weights():
+    cfg = config(**{"model.dtype": "bfloat16", "model.remat": True})
+    task = BackboneTask(cfg)
+    trainer = Trainer(cfg, task, mesh_of(1))
+    metrics = trainer.step(trainer.global_batch(first_batch(task, cfg)), jax.random.key(0))
+    assert np.isfinite(float(metrics["loss"]))
+    assert trainer.state.model.mid_block.mlp.fc1.kernel[...].dtype == jnp.float32
+    assert trainer.state.optimizer.opt_state[0].mu.mid_block.mlp.fc1.kernel[...].dtype == jnp.float32
+
+
+def test_metrics_reach_tensorboard(tmp_path):
+    from tensorboardX.proto.event_pb2 import Event
+
+    from copgen_jax.tfrecord import read_records
+    train(config(**{"train.steps": 4, "train.log_every": 2, "train.checkpoint_every": 4}), tmp_path,
+          BackboneTask(config()))
+    (path,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    scalars = {}
+    for record in read_records(path):  # event files are CRC-checked TFRecords of Event protos
+        event = Event.FromString(record)
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append(event.step)
+    assert {"loss", "grad_norm", "lr", "loss/DEM_DEM", "steps_per_s", "examples_per_s"} <= set(scalars)
+    assert scalars["loss"] == [2, 4]

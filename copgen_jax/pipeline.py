@@ -1,0 +1,129 @@
+"""The embedded default, end to end on a CPU (``configs/demo.py``).
+
+  data        synthetic Copernicus world -> pixel shards      DIR/data/pixels
+  tokenizers  one KL autoencoder per spatial modality         DIR/tokenizers/<modality>
+  latents     pixel shards -> latent-moment shards            DIR/data/latents
+  backbone    the U-ViT on the latents                         DIR/checkpoints
+  report      any-to-any samples on held-out footprints        DIR/report
+
+Every stage resumes where it stopped and is skipped once done, so rerunning
+the command after an interruption (or to regenerate the report) is cheap.
+Run from the repository root: the data stage uses the ``datasets/`` builders.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import ml_collections
+
+from copgen_jax import checkpoint
+from copgen_jax.modalities import Registry, registry_from_config
+
+
+def paths(workdir) -> dict[str, str]:
+    workdir = os.fspath(workdir)
+    return {"pixels": os.path.join(workdir, "data", "pixels"), "latents": os.path.join(workdir, "data", "latents"),
+            "tokenizers": os.path.join(workdir, "tokenizers"), "report": os.path.join(workdir, "report")}
+
+
+def _manifest_done(directory) -> bool:
+    return os.path.exists(os.path.join(directory, "manifest.json"))
+
+
+def _trained(run_dir, steps) -> bool:
+    return (checkpoint.latest_step(run_dir) or 0) >= steps
+
+
+def stage_data(cfg, workdir, registry: Registry) -> None:
+    out = paths(workdir)["pixels"]
+    if _manifest_done(out):
+        return
+    try:
+        from datasets import build
+    except ImportError as e:
+        raise RuntimeError("the data stage needs the repository's datasets/ package: run the demo from the "
+                           "repository root (cd copgen_jax checkout && python -m copgen_jax.main ...)") from e
+    p = cfg.pipeline
+    build.build("synthetic", out, registry, cells=p.cells, observations=p.observations, seed=p.world_seed,
+                footprints_per_side=p.footprints_per_side)
+
+
+def tokenizer_config(cfg, name: str, pixels: str) -> ml_collections.ConfigDict:
+    """The tokenizer run for ``name``: the demo's registry, ``cfg.pipeline.tokenizer`` sizes, pixel shards."""
+    from copgen_jax.defaults import default_config
+    from copgen_jax.tokenizer_task import tokenizer_config as defaults
+    t = cfg.pipeline.tokenizer
+    c = default_config()
+    c.task, c.seed = "tokenizer", cfg.seed
+    c.modalities = ml_collections.ConfigDict(cfg.modalities.to_dict())
+    c.tokenizer = defaults()
+    c.tokenizer.update(t.model.to_dict())
+    c.tokenizer.modality = name
+    c.optim.update(t.optim.to_dict())
+    c.train.update(t.train.to_dict())
+    c.data.source, c.data.shards = "shards", pixels
+    c.data.shuffle_buffer = t.get("shuffle_buffer", 64)
+    return c
+
+
+def stage_tokenizers(cfg, workdir, registry: Registry) -> None:
+    from copgen_jax.tokenizer_task import TokenizerTask
+    from copgen_jax.train import train
+    p = paths(workdir)
+    for m in registry.spatial:
+        run_dir = os.path.join(p["tokenizers"], m.name)
+        tcfg = tokenizer_config(cfg, m.name, p["pixels"])
+        if not _trained(run_dir, tcfg.train.steps):
+            logging.info("training the %s tokenizer (%d steps)", m.name, tcfg.train.steps)
+            train(tcfg, run_dir, TokenizerTask(tcfg))
+
+
+def stage_latents(cfg, workdir, registry: Registry) -> None:
+    from copgen_jax.encode import encode_shards
+    p = paths(workdir)
+    if not _manifest_done(p["latents"]):
+        encode_shards(p["tokenizers"], p["pixels"], p["latents"], batch_size=cfg.pipeline.encode_batch)
+
+
+def backbone_config(cfg, workdir) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    c.data.source, c.data.shards = "shards", paths(workdir)["latents"]
+    return c
+
+
+def stage_backbone(cfg, workdir, registry: Registry) -> None:
+    from copgen_jax.backbone_task import BackboneTask
+    from copgen_jax.train import train
+    bcfg = backbone_config(cfg, workdir)
+    if not _trained(workdir, bcfg.train.steps):
+        train(bcfg, workdir, BackboneTask(bcfg))
+
+
+def stage_report(cfg, workdir, registry: Registry) -> None:
+    from copgen_jax import demo_report
+    out = paths(workdir)["report"]
+    if os.path.exists(os.path.join(out, "metrics.json")):
+        return
+    demo_report.write_report(cfg, workdir, out)
+
+
+STAGES = (("data", stage_data), ("tokenizers", stage_tokenizers), ("latents", stage_latents),
+          ("backbone", stage_backbone), ("report", stage_report))
+
+
+def run_pipeline(cfg, workdir) -> dict:
+    registry = registry_from_config(cfg)
+    os.makedirs(workdir, exist_ok=True)
+    timings = {}
+    for name, stage in STAGES:
+        start = time.perf_counter()
+        logging.info("=== stage %s ===", name)
+        stage(cfg, workdir, registry)
+        timings[name] = round(time.perf_counter() - start, 1)
+        logging.info("=== stage %s done in %.1f s ===", name, timings[name])
+    with open(os.path.join(workdir, "pipeline_timings.json"), "w") as f:
+        json.dump(timings, f, indent=2)
+    return {f"seconds/{k}": v for k, v in timings.items()}
