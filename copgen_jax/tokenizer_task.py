@@ -5,8 +5,8 @@ The loss, as the release computes it (LDM's ``LPIPSWithDiscriminator``):
           per-pixel cross-entropy of the decoder's logits (categorical, default;
           ``categorical_loss="regression"`` treats the one-hot like an image, as
           the release does);
-  nll   = sum(rec / exp(s) + s) / B, with ``s`` a learned scalar log-variance
-          (``learn_logvar``; s = 0 otherwise);
+  nll   = sum(rec / exp(s) + s) / B, with ``s`` a scalar log-variance: 0, as in the
+          release (which declares it but never optimises it), or learned (``learn_logvar``);
   kl    = sum over latent elements of 0.5 (mu^2 + sigma^2 - 1 - log sigma^2), mean over the batch;
   loss  = nll + kl_weight kl [+ d_weight g_loss + d_loss once step >= disc_start].
 The hinge PatchGAN runs under ONE optimizer over all parameters: the generator
@@ -45,8 +45,11 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     t.l1_weight = 1.0
     t.l2_weight = 1.0
     t.categorical_loss = "cross_entropy"  # or "regression" (L1 + L2 on the one-hot, as the release)
-    t.learn_logvar = True  # the release's learned scalar output log-variance
+    # The release declares a learnable output log-variance s but leaves it out of both
+    # optimizers, so s stays 0; True makes it a trained parameter.
+    t.learn_logvar = False
     t.kl_weight = 1e-6
+    t.hflip = True  # random horizontal flips of training images (the release's augmentation)
     t.perceptual_weight = 0.0  # LPIPS needs pretrained VGG weights: unavailable offline, must stay 0
     t.disc_layers = 3  # 0 = no discriminator
     t.disc_ndf = 64
@@ -105,7 +108,7 @@ class TokenizerTask:
         if layers:
             disc = NLayerDiscriminator(self.modality.pixel_shape[0], ndf=self.tcfg.get("disc_ndf", 64),
                                        n_layers=layers, rngs=rngs)
-        return TokenizerWithDisc(ae, disc, self.tcfg.get("learn_logvar", True))
+        return TokenizerWithDisc(ae, disc, self.tcfg.get("learn_logvar", False))
 
     # -- loss ----------------------------------------------------------------------
     def _rec(self, y, x):
@@ -121,6 +124,10 @@ class TokenizerTask:
     def loss(self, model: TokenizerWithDisc, batch, rng, step):
         x = _nhwc(batch["pixels"].astype(jnp.float32))
         b = x.shape[0]
+        rng, flip_rng = jax.random.split(rng)
+        if self.tcfg.get("hflip", False):
+            flip = jax.random.bernoulli(flip_rng, 0.5, (b, 1, 1, 1))
+            x = jnp.where(flip, x[:, :, ::-1], x)
         ae = model.autoencoder
         mean, logvar = ae.moments_nhwc(x)
         h = ae.decoder_features(sample_latent(mean, logvar, rng))

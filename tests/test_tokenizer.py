@@ -126,7 +126,7 @@ def test_tiny_autoencoder_lowers_its_loss(dem_task):
 
 def test_gan_gradients_are_separated_and_weighted():
     # Categorical: decoder logits, cross-entropy, softmax into the discriminator.
-    cfg = config("LULC_LULC", names=("LULC_LULC",), disc_start=3)
+    cfg = config("LULC_LULC", names=("LULC_LULC",), disc_start=3, learn_logvar=True)
     cfg.modalities.pixel_scale = 8  # 24 px
     task = TokenizerTask(cfg)
     assert task.modality.pixel_shape == (10, 24, 24)
@@ -157,6 +157,7 @@ def test_gan_gradients_are_separated_and_weighted():
     expected = 0.5 * np.linalg.norm(last("nll")) / (np.linalg.norm(last("g_loss")) + 1e-4)
     np.testing.assert_allclose(float(aux["d_weight"]), expected, rtol=1e-4)
     assert float(aux["disc_factor"]) == 1.0 and 0.0 <= float(aux["accuracy"]) <= 1.0
+    assert float(np.abs(grad["nll"]["logvar"][...])) > 0  # the learned output log-variance
     jac, aux = gradients(params, jnp.asarray(2))  # before disc_start: no adversarial gradient
     assert float(aux["disc_factor"]) == 0.0 and float(aux["disc_loss"]) == 0.0
     assert not np.any(flat(jax.tree.map(lambda g: g[0], jac)["discriminator"]))
