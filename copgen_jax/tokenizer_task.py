@@ -96,8 +96,11 @@ class TokenizerTask:
         if layers and self.modality.size < min_input_size(layers):
             raise ValueError(f"{self.modality.name}: {self.modality.size} px is too small for a {layers}-layer "
                              f"discriminator (needs >= {min_input_size(layers)} px); lower tokenizer.disc_layers")
+        choice = self.tcfg.get("categorical_loss", "cross_entropy")
+        if choice not in ("cross_entropy", "regression"):
+            raise ValueError(f"tokenizer.categorical_loss={choice!r}: use 'cross_entropy' or 'regression'")
         self.categorical = self.modality.kind == CATEGORICAL
-        self.cross_entropy = self.categorical and self.tcfg.get("categorical_loss", "cross_entropy") == "cross_entropy"
+        self.cross_entropy = self.categorical and choice == "cross_entropy"
         self._reconstruct = None
 
     # -- model -------------------------------------------------------------------

@@ -172,6 +172,8 @@ def flat(tree):
 def test_lpips_is_refused_and_small_inputs_checked():
     with pytest.raises(ValueError, match="perceptual_weight > 0 needs LPIPS"):
         TokenizerTask(config(perceptual_weight=1.0))
+    with pytest.raises(ValueError, match="categorical_loss='dice'"):
+        TokenizerTask(config(categorical_loss="dice"))
     with pytest.raises(ValueError, match="16 px is too small for a 3-layer discriminator"):
         TokenizerTask(config("DEM_DEM", disc_layers=3))
 
