@@ -1,0 +1,184 @@
+"""The evaluation report: a Markdown table per benchmark (models side by side) and PNG plots."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+STOCHASTIC_ROWS = ("recall", "precision", "nn_accuracy", "mmd", "wasserstein", "range_coverage",
+                   "intra_generated", "intra_real")
+IMAGE_ROWS = ("mae", "mae_best_of_n", "mae_ensemble_mean", "rmse", "psnr", "psnr_best_of_n", "ssim",
+              "ssim_best_of_n", "crps", "interval_coverage", "spread")
+CLASS_ROWS = ("accuracy", "accuracy_best_of_n", "accuracy_mode", "miou", "miou_best_of_n", "miou_mode",
+              "disagreement")
+NARROWING_ROWS = ("pixel_std", "interval_coverage", "crps", "mae_ensemble_mean")
+
+
+def fmt(stat: dict | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    mean, std = stat["mean"], stat.get("std")
+    return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _stochastic_md(res: dict, labels: list[str]) -> list[str]:
+    lines = [f"{' + '.join(res['given'])} → {' + '.join(res['generated'])}: {res['locations']} held-out locations, "
+             f"K = {min(res['real_per_location'])}–{max(res['real_per_location'])} real observations against as many "
+             "samples each; metrics per location, mean ± std over locations.", ""]
+    rows = []
+    for space in ("spectra", "structure"):
+        rows += [[f"{space}: {r}"] + [fmt(res["models"][m].get(f"{space}/{r}")) for m in labels] for r in STOCHASTIC_ROWS]
+    rows += [[f"pixel std ({w})"] + [fmt(res["models"][m].get(f"pixel_std/{w}")) for m in labels]
+             for w in ("real", "generated")]
+    return lines + _table(["metric"] + labels, rows)
+
+
+def _task_md(name: str, res: dict, labels: list[str]) -> list[str]:
+    lines = [f"### {name}: {res['description']}", "", f"{res['examples']} held-out observations; "
+             "mean ± std over them (best_of_n: the best of the N samples; ensemble_mean: the per-pixel "
+             "mean or mode of the samples).", ""]
+    rows = []
+    for n in res["generated"]:
+        keys = {k.split("/", 1)[1] for m in labels for k in res["models"][m] if k.startswith(n + "/")}
+        order = [r for r in (*IMAGE_ROWS, *CLASS_ROWS) if r in keys]
+        rows += [[f"{n}: {r}"] + [fmt(res["models"][m].get(f"{n}/{r}")) for m in labels] for r in order]
+    return lines + _table(["metric"] + labels, rows) + [""]
+
+
+def _narrowing_md(res: dict, labels: list[str]) -> list[str]:
+    lines = [f"Generated: {' + '.join(res['generated'])}; {res['examples']} held-out observations per level "
+             "(evaluation units: reflectance); mean ± std over observations.", ""]
+    header = ["given", "model", *NARROWING_ROWS]
+    rows = [[lv["label"], m] + [fmt(lv["models"][m].get(r)) for r in NARROWING_ROWS]
+            for lv in res["levels"] for m in labels]
+    lines += _table(header, rows)
+    return lines + ([""] + [f"- skipped {s}" for s in res["skipped"]] if res.get("skipped") else [])
+
+
+def markdown(results: dict) -> str:
+    s = results["settings"]
+    labels = list(results["models"])
+    models = ", ".join(f"{m} (step {v.get('step')})" for m, v in results["models"].items())
+    lines = [f"# Evaluation of {results['workdir']}", "",
+             f"Models: {models}. "
+             f"{s['samples']} samples per input, {s['sampler']} {s['steps']} steps, seed {s['seed']}, "
+             f"split {results['split']} ({results['locations']} locations).", ""]
+    bench = results["benchmarks"]
+    if "stochastic" in bench:
+        lines += ["## Stochastic benchmark", ""]
+        lines += ([f"Skipped: {bench['stochastic']['skipped']}"] if "skipped" in bench["stochastic"]
+                  else _stochastic_md(bench["stochastic"], labels)) + [""]
+    if "tasks" in bench:
+        lines += ["## Tasks", ""]
+        for name, res in bench["tasks"].items():
+            lines += [f"- {name}: skipped ({res['skipped']})", ""] if "skipped" in res else _task_md(name, res, labels)
+    if "narrowing" in bench:
+        lines += ["## Uncertainty as conditioning grows", ""]
+        lines += ([f"Skipped: {bench['narrowing']['skipped']}"] if "levels" not in bench["narrowing"]
+                  else _narrowing_md(bench["narrowing"], labels)) + [""]
+    return "\n".join(lines)
+
+
+# -- plots -------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _bars(ax, labels, keys, stats_of, title):
+    width = 0.8 / max(len(labels), 1)
+    x = np.arange(len(keys))
+    for i, m in enumerate(labels):
+        stats = [stats_of(m, k) or {} for k in keys]
+        mean = [st.get("mean") if st.get("mean") is not None else np.nan for st in stats]
+        std = [st.get("std") if st.get("std") is not None else 0.0 for st in stats]
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, mean, width, yerr=std, capsize=3, label=m)
+    ax.set_xticks(x, keys, rotation=30, ha="right")
+    ax.set_title(title)
+    ax.legend()
+
+
+def plot_stochastic(res: dict, labels: list[str], path: str) -> str:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    keys = ("recall", "precision", "nn_accuracy", "range_coverage")
+    _bars(axes[0], labels, keys, lambda m, k: res["models"][m].get(f"spectra/{k}"), "band-mean spectra")
+    _bars(axes[1], labels, ("intra_real", "intra_generated"), lambda m, k: res["models"][m].get(f"spectra/{k}"),
+          "intra-set distance (spectra)")
+    ex, ax = res["example"], axes[2]
+    a, b = 0, len(ex["bands"]) - 1
+    real = np.asarray(ex["real"])
+    ax.scatter(real[:, a], real[:, b], c="k", marker="x", label="real", zorder=3)
+    for m in labels:
+        if m in ex:
+            pts = np.asarray(ex[m])
+            ax.scatter(pts[:, a], pts[:, b], alpha=0.7, label=m)
+    ax.set_xlabel(ex["bands"][a])
+    ax.set_ylabel(ex["bands"][b])
+    ax.set_title(f"per-image band means at {ex['location']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_tasks(tasks: dict, labels: list[str], path: str) -> str | None:
+    done = {n: r for n, r in tasks.items() if "skipped" not in r}
+    if not done:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(done), figsize=(4.5 * len(done), 4), squeeze=False)
+    for ax, (name, res) in zip(axes[0], done.items()):
+        first = res["generated"][0]
+        have = {k.split("/", 1)[1] for k in res["models"][labels[0]] if k.startswith(first + "/")}
+        keys = [k for k in ("mae", "mae_best_of_n", "crps", "accuracy", "accuracy_best_of_n", "miou") if k in have]
+        _bars(ax, labels, keys, lambda m, k: res["models"][m].get(f"{first}/{k}"), f"{name}\n{first}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_narrowing(res: dict, labels: list[str], path: str) -> str:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    names = [lv["label"] for lv in res["levels"]]
+    x = np.arange(len(names))
+    titles = {"pixel_std": "mean per-pixel std of the samples", "interval_coverage": "5–95 % interval coverage",
+              "crps": "CRPS"}
+    for ax, (key, title) in zip(axes, titles.items()):
+        for m in labels:
+            st = [lv["models"][m].get(key) or {} for lv in res["levels"]]
+            mean = [v.get("mean") if v.get("mean") is not None else np.nan for v in st]
+            std = [v.get("std") if v.get("std") is not None else 0.0 for v in st]
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=m)
+        if key == "interval_coverage":
+            ax.axhline(0.9, color="grey", ls="--", lw=1, label="calibrated (0.9)")
+        ax.set_xticks(x, names, rotation=20, ha="right")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"Generated {' + '.join(res['generated'])} as conditioning grows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(results: dict, out: str) -> list[str]:
+    labels = list(results["models"])
+    bench, paths = results["benchmarks"], []
+    if "stochastic" in bench and "skipped" not in bench["stochastic"]:
+        paths.append(plot_stochastic(bench["stochastic"], labels, os.path.join(out, "stochastic.png")))
+    if "tasks" in bench:
+        p = plot_tasks(bench["tasks"], labels, os.path.join(out, "tasks.png"))
+        paths += [p] if p else []
+    if "narrowing" in bench and "levels" in bench["narrowing"]:
+        paths.append(plot_narrowing(bench["narrowing"], labels, os.path.join(out, "narrowing.png")))
+    return paths
