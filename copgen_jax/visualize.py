@@ -111,15 +111,20 @@ def _scalar_lines(generation, item):
     return lines
 
 
-def sheet(generation, path, item: int = 0, max_samples: int = 4, cell: float = 2.2) -> str:
-    """Write the PNG sheet of input ``item``: one row per generated spatial modality."""
+def sheet(generation, path, item: int = 0, max_samples: int = 4, truth: dict | None = None,
+          cell: float = 2.2) -> str:
+    """Write the PNG sheet of input ``item``: one row per generated spatial modality.
+
+    ``truth`` (name -> physical array of that input) adds a reference column before the samples.
+    """
     reg = generation.registry
+    truth = {n: v for n, v in (truth or {}).items() if n in generation.samples and not reg[n].is_scalar}
     units = generation.settings.get("units", {})
     given = [n for n in generation.conditions if not reg[n].is_scalar]
     rows = [n for n in generation.samples if not reg[n].is_scalar]
     n_show = min(max_samples, generation.settings["n_samples"])
     has_stats = bool(generation.stats)
-    cols = len(given) + n_show + (2 if has_stats else 0)
+    cols = len(given) + bool(truth) + n_show + (2 if has_stats else 0)
     lines = _scalar_lines(generation, item)
     fig = Figure(figsize=(cell * max(cols, 1), cell * max(len(rows), 1) + 0.3 * len(lines) + 0.4))
     axes = fig.subplots(max(len(rows), 1), max(cols, 1), squeeze=False)
@@ -127,7 +132,7 @@ def sheet(generation, path, item: int = 0, max_samples: int = 4, cell: float = 2
         ax.set_axis_off()
     for r, name in enumerate(rows):
         m, samples = reg[name], generation.samples[name][item]
-        stretch = joint_stretch(m, list(samples[:n_show]), units.get(name))
+        stretch = joint_stretch(m, list(samples[:n_show]) + ([truth[name]] if name in truth else []), units.get(name))
         col = 0
         for g in given:  # conditions, on the first row only
             if r == 0:
@@ -135,6 +140,11 @@ def sheet(generation, path, item: int = 0, max_samples: int = 4, cell: float = 2
                 img, _ = render(gm, generation.conditions[g][item], unit=units.get(g))
                 axes[0, col].imshow(img, interpolation="nearest")
                 axes[0, col].set_title(f"given\n{g}", fontsize=7)
+            col += 1
+        if truth:
+            if name in truth:
+                axes[r, col].imshow(render(m, truth[name], stretch, units.get(name))[0], interpolation="nearest")
+                axes[r, col].set_title(f"truth\n{name}", fontsize=7)
             col += 1
         for j in range(n_show):
             axes[r, col].imshow(render(m, samples[j], stretch, units.get(name))[0], interpolation="nearest")
@@ -155,3 +165,8 @@ def sheet(generation, path, item: int = 0, max_samples: int = 4, cell: float = 2
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     fig.savefig(path, dpi=100)
     return os.fspath(path)
+
+
+def save_sheet(path, generation, item: int = 0, truth: dict | None = None, max_samples: int = 4) -> str:
+    """``sheet`` with the path first."""
+    return sheet(generation, path, item=item, max_samples=max_samples, truth=truth)
