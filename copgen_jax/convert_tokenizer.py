@@ -15,8 +15,9 @@ discriminator (used only when fine-tuning past ``disc_start``) starts fresh.
 from __future__ import annotations
 
 import copy as _copy
+import functools
 import os
-from typing import Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import numpy as np
@@ -210,14 +211,34 @@ def write_tokenizer_run(run_dir, tcfg_full, modality: Modality, params: Mapping)
     return epath.Path(run_dir)
 
 
+class Job(NamedTuple):
+    """One file to convert: ``write(convert(state_dict))`` puts it at ``target``."""
+
+    label: str
+    source: epath.Path
+    target: epath.Path
+    convert: Callable[[Mapping], dict]
+    write: Callable[[dict], epath.Path]
+
+
+def tokenizer_jobs(cfg, root, out, names=None) -> list[Job]:
+    """One job per image modality's autoencoder under ``root``, into ``out/tokenizers/<modality>/``."""
+    registry = registry_from_config(cfg)
+    jobs = []
+    for name, path in find_tokenizer_files(registry, root, names).items():
+        m, run_cfg, target = registry[name], tokenizer_run_config(cfg, registry[name]), epath.Path(out) / "tokenizers" / name
+        jobs.append(Job(f"tokenizer {name}", path, target,
+                        functools.partial(_convert, tcfg=run_cfg.tokenizer, modality=m, source=str(path)),
+                        functools.partial(write_tokenizer_run, target, run_cfg, m)))
+    return jobs
+
+
+def _convert(state_dict, *, tcfg, modality, source):
+    return convert_tokenizer(state_dict, tcfg, modality, source)
+
+
 def convert_tokenizer_dir(cfg, root, out, names=None) -> dict[str, epath.Path]:
     """Convert every image modality's autoencoder under ``root`` into ``out/tokenizers/<modality>/``."""
     from copgen_jax.convert import load_torch_state_dict
-    registry = registry_from_config(cfg)
-    done = {}
-    for name, path in find_tokenizer_files(registry, root, names).items():
-        modality = registry[name]
-        tcfg_full = tokenizer_run_config(cfg, modality)
-        params = convert_tokenizer(load_torch_state_dict(path), tcfg_full.tokenizer, modality, source=str(path))
-        done[name] = write_tokenizer_run(epath.Path(out) / "tokenizers" / name, tcfg_full, modality, params)
-    return done
+    return {job.label.split()[-1]: job.write(job.convert(load_torch_state_dict(job.source)))
+            for job in tokenizer_jobs(cfg, root, out, names)}

@@ -5,6 +5,8 @@ SPEC §3 and its forward pass with torch.nn.functional, so no release code is
 needed. Width 32 keeps the release's 32-group GroupNorm valid.
 """
 import copy
+import shutil
+import time
 
 import jax
 import numpy as np
@@ -16,7 +18,7 @@ F = torch.nn.functional
 from flax import nnx  # noqa: E402
 
 from configs import tokenizer_test  # noqa: E402
-from copgen_jax import checkpoint, convert_parity, parallel  # noqa: E402
+from copgen_jax import checkpoint, convert, convert_parity, parallel  # noqa: E402
 from copgen_jax.convert_rules import ConversionError  # noqa: E402
 from copgen_jax.convert_tokenizer import (autoencoder_with, convert_tokenizer, convert_tokenizer_dir,  # noqa: E402
                                           find_tokenizer_files, tokenizer_rules, tokenizer_run_config,
@@ -205,3 +207,37 @@ def test_directory_conversion_writes_a_tokenizer_run(setup, tmp_path):
     with torch.no_grad():
         ref_mean, _ = reference(sd, x=x)
     assert convert_parity.relative_error(jax.jit(lambda x: ae.encode(x)[0])(x.numpy()), ref_mean.numpy()) < 1e-5
+
+
+def test_files_are_all_checked_before_anything_is_written_and_reruns_resume(setup, tmp_path, capsys):
+    from test_convert import release_state_dict
+    cfg, _, m, _, sd = setup
+    cfg = copy.deepcopy(cfg)
+    cfg.modalities.names = ("3d_cartesian_lat_lon", m.name)  # one tokenizer beside a tiny backbone
+    cfg.model.hidden, cfg.model.depth, cfg.model.heads = 64, 2, 4
+    cfg.tokenizer.disc_layers = 0
+    reg = registry_from_config(cfg)
+    torch.save(release_state_dict(reg, cfg.model.hidden, cfg.model.depth), tmp_path / "nnet_ema.pth")
+    broken = dict(sd)
+    del broken["decoder.mid.attn_1.q.bias"]
+    torch.save(broken, tmp_path / f"{m.name}.pth")
+    out = tmp_path / "run"
+    args = (cfg, str(tmp_path / "nnet_ema.pth"), str(tmp_path), str(out))
+    with pytest.raises(ConversionError, match=r"(?s)decoder.mid.attn_1.q.bias \(64,\).*nothing was written"):
+        convert.convert_files(*args)
+    assert not out.exists() or not any(out.iterdir())
+    torch.save(sd, tmp_path / f"{m.name}.pth")
+    convert.convert_files(*args)
+    assert checkpoint.latest_step(out) == 0 and checkpoint.latest_step(out / "tokenizers" / m.name) == 0
+    # interrupted before the backbone was written: the rerun converts only the backbone
+    shutil.rmtree(out / "checkpoints")
+    capsys.readouterr()
+    convert.convert_files(*args)
+    printed = capsys.readouterr().out
+    assert f"tokenizer {m.name}: already converted" in printed and "[1/1] backbone" in printed
+    assert checkpoint.latest_step(out) == 0
+    # a changed file for an already converted item is refused rather than mixed in
+    time.sleep(0.01)
+    torch.save(release_state_dict(reg, cfg.model.hidden, cfg.model.depth, seed=1), tmp_path / "nnet_ema.pth")
+    with pytest.raises(FileExistsError, match="did not come from these files"):
+        convert.convert_files(*args)
