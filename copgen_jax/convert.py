@@ -30,7 +30,7 @@ from flax import nnx
 
 from copgen_jax import checkpoint, parallel
 from copgen_jax.convert_backbone import rules_from_config, size_hints
-from copgen_jax.convert_rules import ConversionError, check_table, to_nnx, to_state_dict
+from copgen_jax.convert_rules import ConversionError, Job, check_table, to_nnx, to_state_dict
 from copgen_jax.models.backbone import backbone_from_config
 from copgen_jax.modalities import Registry, registry_from_config
 
@@ -210,7 +210,7 @@ def convert_files(cfg, backbone: str | None, tokenizers: str | None, out: str) -
     ``out/conversion.json`` records what is done, so an interrupted conversion
     resumes where it stopped when run again with the same files.
     """
-    from copgen_jax.convert_tokenizer import Job, tokenizer_jobs
+    from copgen_jax.convert_tokenizer import tokenizer_jobs
     if backbone is None and tokenizers is None:
         raise ConversionError("nothing to convert: give --backbone PATH.pth and/or --tokenizers DIR")
     out = epath.Path(out)

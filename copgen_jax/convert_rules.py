@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 SAME, LINEAR, CONV = "same", "linear", "conv"
@@ -47,6 +48,16 @@ class Rule:
             return np.ascontiguousarray(np.reshape(y, self.torch_shape))
         permuted = tuple(self.torch_shape[i] for i in perm)
         return np.ascontiguousarray(np.transpose(np.reshape(y, permuted), np.argsort(perm)))
+
+
+class Job(NamedTuple):
+    """One file to convert: ``write(convert(state_dict))`` puts it at ``target``."""
+
+    label: str
+    source: epath.Path
+    target: epath.Path
+    convert: Callable[[Mapping], dict]
+    write: Callable[[dict], object]
 
 
 def linear(torch_key, path, dout, din, jax_shape=None) -> Rule:

@@ -17,14 +17,14 @@ from __future__ import annotations
 import copy as _copy
 import functools
 import os
-from typing import Callable, Mapping, NamedTuple
+from typing import Mapping
 
 import jax
 import numpy as np
 from etils import epath
 from flax import nnx
 
-from copgen_jax.convert_rules import ConversionError, Rule, check_table, conv, copy, to_nnx, to_state_dict
+from copgen_jax.convert_rules import ConversionError, Job, Rule, check_table, conv, copy, to_nnx, to_state_dict
 from copgen_jax.modalities import Modality, Registry, registry_from_config
 
 
@@ -211,30 +211,17 @@ def write_tokenizer_run(run_dir, tcfg_full, modality: Modality, params: Mapping)
     return epath.Path(run_dir)
 
 
-class Job(NamedTuple):
-    """One file to convert: ``write(convert(state_dict))`` puts it at ``target``."""
-
-    label: str
-    source: epath.Path
-    target: epath.Path
-    convert: Callable[[Mapping], dict]
-    write: Callable[[dict], epath.Path]
-
-
 def tokenizer_jobs(cfg, root, out, names=None) -> list[Job]:
     """One job per image modality's autoencoder under ``root``, into ``out/tokenizers/<modality>/``."""
     registry = registry_from_config(cfg)
     jobs = []
     for name, path in find_tokenizer_files(registry, root, names).items():
-        m, run_cfg, target = registry[name], tokenizer_run_config(cfg, registry[name]), epath.Path(out) / "tokenizers" / name
+        m = registry[name]
+        run_cfg, target = tokenizer_run_config(cfg, m), epath.Path(out) / "tokenizers" / name
         jobs.append(Job(f"tokenizer {name}", path, target,
-                        functools.partial(_convert, tcfg=run_cfg.tokenizer, modality=m, source=str(path)),
+                        functools.partial(convert_tokenizer, tcfg=run_cfg.tokenizer, modality=m, source=str(path)),
                         functools.partial(write_tokenizer_run, target, run_cfg, m)))
     return jobs
-
-
-def _convert(state_dict, *, tcfg, modality, source):
-    return convert_tokenizer(state_dict, tcfg, modality, source)
 
 
 def convert_tokenizer_dir(cfg, root, out, names=None) -> dict[str, epath.Path]:

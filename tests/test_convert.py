@@ -8,7 +8,6 @@ import math
 import sys
 import types
 
-import jax
 import numpy as np
 import pytest
 
