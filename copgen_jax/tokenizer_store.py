@@ -9,13 +9,15 @@ A tokenizer run directory (one per modality, conventionally
   scale_factor.json    {"modality", "scale_factor" = 1 / std of sampled training latents,
                         "mean", "std", "count" (latent values seen), "examples", "step"}
 
-Loading takes the EMA weights of the newest checkpoint (what the release ships).
+Loading takes the EMA weights of the newest checkpoint (what the release ships);
+a scale factor recorded for another step is ignored (and so recomputed by encoding).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 from typing import Iterable
@@ -122,6 +124,9 @@ def load_tokenizer(run_dir, step: int | None = None, registry=None) -> Tokenizer
         raise FileNotFoundError(f"{run_dir}: checkpoint {step} has no ema_params")
     model = nnx.merge(graphdef, restored)
     info = read_scale_factor(run_dir)
+    if info and info.get("step", step) != step:  # computed for other weights: recompute
+        logging.warning("%s: %s is for step %s, not %d; ignoring it", run_dir, SCALE_FILE, info.get("step"), step)
+        info = None
     return Tokenizer(model.autoencoder, task.modality, cfg, run_dir, int(step),
                      info["scale_factor"] if info else None)
 

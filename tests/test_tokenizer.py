@@ -15,7 +15,7 @@ from copgen_jax.modalities import build_registry, registry_from_config
 from copgen_jax.models.tokenizer import AutoencoderKL, autoencoder_from_config, outputs_to_pixels
 from copgen_jax.tokenizer_eval import evaluate_tokenizer, evaluation_units
 from copgen_jax.tokenizer_store import (build_model, compute_scale_factor, export_tokenizer, load_tokenizer,
-                                       read_scale_factor)
+                                       read_scale_factor, write_scale_factor)
 from copgen_jax.tokenizer_task import TokenizerTask
 from copgen_jax.train import Trainer
 
@@ -266,6 +266,10 @@ def test_scale_factors_computed_and_stored(tokenizers_dir, pixel_dir):
     np.testing.assert_allclose(exact["scale_factor"], 1 / np.std(np.asarray(toks[DEM].encode_fn()(train[DEM])[0],
                                                                             np.float64)), rtol=1e-4)
     assert load_tokenizer(toks[DEM].run_dir).scale_factor == factors[DEM]  # stored with the run
+    stored = read_scale_factor(toks[DEM].run_dir)
+    write_scale_factor(toks[DEM].run_dir, dict(stored, step=6))  # made for other weights: not used
+    assert load_tokenizer(toks[DEM].run_dir).scale_factor is None
+    write_scale_factor(toks[DEM].run_dir, stored)
     assert encode.ensure_scale_factors(encode.load_tokenizers(tokenizers_dir, [DEM, S2]), pixel_dir) == factors
 
 
