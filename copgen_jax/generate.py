@@ -81,14 +81,14 @@ def local_mesh():
 
 
 class CopGen:
-    """A loaded model: backbone, tokenizers and registry, ready to generate."""
+    """A loaded model: backbone, tokenizers and registry, ready to generate.
+
+    ``autoencoders`` maps spatial modalities to their tokenizer's autoencoder; ``load`` gives
+    every one, a caller building a CopGen by hand may give only those its requests use.
+    """
 
     def __init__(self, cfg, registry: Registry, backbone: nnx.Module, autoencoders: Mapping, *, mesh=None,
                  decode_batch: int = 32):
-        missing = [m.name for m in registry.spatial if m.name not in autoencoders]
-        if missing:
-            raise FileNotFoundError(f"no tokenizer for {', '.join(missing)}: expected one run per spatial "
-                                    "modality under <workdir>/tokenizers/<modality>/")
         self.cfg, self.registry = cfg, registry
         self.mesh = mesh if mesh is not None else local_mesh()
         self.rules = parallel.rules_from_config(cfg.mesh)
@@ -145,6 +145,10 @@ class CopGen:
         absent = absent or self.default_absent
         spacing = spacing or ("logsnr" if sampler == "dpm++" else "uniform")
         self._check_request(generate, conditions, n_samples, absent, quantiles)
+        missing = [n for n in (*generate, *conditions) if not self.registry[n].is_scalar and n not in self._tokenizers]
+        if missing:
+            raise FileNotFoundError(f"no tokenizer for {', '.join(missing)}: expected one run per spatial "
+                                    "modality under <workdir>/tokenizers/<modality>/")
         self._progress = progress
         physical, pixels, footprints = self._read_conditions(conditions, units)
         batch = len(footprints)
