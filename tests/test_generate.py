@@ -1,4 +1,6 @@
 """CopGen: loading, conditions held exactly, determinism, drop == mask, sharding, errors."""
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -31,7 +33,7 @@ def test_load_uses_tokenizer_scale_factors_and_presence_masks(run, model):
     assert model.registry[DEM].scale_factor == 0.5  # from scale_factor.json
     assert model.registry[S2].scale_factor == pytest.approx(0.853416)  # the registry's default
     assert model.default_absent == "drop"  # trained with modality dropout
-    step = max(int(p) for p in __import__("os").listdir(f"{run}/checkpoints"))
+    step = max(int(p) for p in os.listdir(f"{run}/checkpoints"))
     again = CopGen.load(f"{run}/checkpoints/{step}")
     for a, b in zip(jax.tree.leaves(model._params), jax.tree.leaves(again._params)):
         np.testing.assert_array_equal(a, b)

@@ -1,6 +1,5 @@
 """GeoTIFF I/O: every modality lands exactly on the footprint; conditions are checked and read."""
-import dataclasses
-import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -121,7 +120,7 @@ def test_write_generation_layout(tmp_path):
                     "uncertainty": np.zeros((1, 1, 48, 48))}}
     gen = Generation(samples, {}, {}, stats, [FOOTPRINT], small, 3, {"n_samples": 2})
     written = geo.write_generation(tmp_path, gen, FOOTPRINT)
-    names = sorted(p.relative_to(tmp_path).as_posix() for p in map(__import__("pathlib").Path, written))
+    names = sorted(pathlib.Path(p).relative_to(tmp_path).as_posix() for p in written)
     assert names == [f"{DEM}/mean.tif", f"{DEM}/sample_000.tif", f"{DEM}/sample_001.tif", f"{DEM}/std.tif",
                      f"{LULC}/frequencies.tif", f"{LULC}/mode.tif", f"{LULC}/sample_000.tif",
                      f"{LULC}/sample_001.tif", f"{LULC}/uncertainty.tif"]

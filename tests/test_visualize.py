@@ -5,6 +5,7 @@ from matplotlib import colors as mcolors
 
 from copgen_jax import visualize
 from copgen_jax.generate import Generation
+from copgen_jax.generate_stats import sample_stats
 from copgen_jax.modalities import build_registry
 
 REG = build_registry()
@@ -55,7 +56,6 @@ def test_sheet_with_truth_and_uncertainty(tmp_path):
     rng = np.random.default_rng(0)
     dem = rng.uniform(0, 100, (1, 3, 1, 16, 16))
     lulc = rng.choice([1, 2, 4], (1, 3, 1, 48, 48))
-    from copgen_jax.generate_stats import sample_stats
     gen = Generation({"DEM_DEM": dem, "LULC_LULC": lulc}, {"3d_cartesian_lat_lon": np.array([[1.0, 2.0]])}, {},
                      {n: sample_stats(reg[n], v) for n, v in (("DEM_DEM", dem), ("LULC_LULC", lulc))}, [None], reg,
                      0, {"n_samples": 3, "units": {}})
