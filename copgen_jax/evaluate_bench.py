@@ -103,7 +103,7 @@ def stochastic(models: dict, registry: Registry, groups: dict, s: Settings) -> d
     given, missing = resolve(registry, STOCHASTIC[0])
     target, missing_t = resolve(registry, STOCHASTIC[1])
     if missing or missing_t:
-        return _skip("stochastic", f"the run has no {', '.join(missing + missing_t)} modality")
+        return _skip("stochastic", f"the run has no modality for {', '.join(missing + missing_t)}")
     locs = []
     for loc in groups:
         real = [r for r in complete(groups[loc], given + target) if _valid(registry, target, r)][:s.samples]
@@ -191,7 +191,7 @@ def tasks(models: dict, registry: Registry, groups: dict, s: Settings, only=None
         given, missing = resolve(registry, given_groups)
         target, missing_t = resolve(registry, target_groups)
         if missing or missing_t:
-            out[name] = _skip(f"task {name}", f"the run has no {', '.join(missing + missing_t)} modality")
+            out[name] = _skip(f"task {name}", f"the run has no modality for {', '.join(missing + missing_t)}")
             continue
         records = [r for loc in _locations(groups, s.cells) for r in complete(groups[loc], given + target)]
         if not records:
@@ -219,8 +219,8 @@ def narrowing_levels(registry: Registry) -> tuple[list[tuple[str, tuple]], list[
     for group in NARROWING:
         names, missing = resolve(registry, (group,))
         if missing:
-            skipped.append(f"+ {missing[0]}: the run has no such modality")
-            logging.warning("narrowing level + %s skipped: the run has no such modality", missing[0])
+            skipped.append(f"+ {missing[0]}: the run has no modality for it")
+            logging.warning("narrowing level + %s skipped: the run has no modality for it", missing[0])
             continue
         given, labels = given + names, labels + [short(group.product)]
         levels.append((" + ".join(labels), given))
@@ -241,7 +241,7 @@ def narrowing(models: dict, registry: Registry, groups: dict, s: Settings) -> di
     """The spread of generated S2 L2A as conditioning grows, on the same held-out observations."""
     target, missing = resolve(registry, (Group(S2L2A, IMAGE),))
     if missing:
-        return _skip("narrowing", f"the run has no {missing[0]} modality to generate")
+        return _skip("narrowing", f"the run has no modality for {missing[0]} to generate")
     levels, skipped = narrowing_levels(registry)
     records = [r for loc in _locations(groups, s.cells) for r in complete(groups[loc], levels[-1][1] + target)]
     if not records:

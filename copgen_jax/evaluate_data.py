@@ -61,6 +61,11 @@ class Group:
         keep = (lambda g: g == finest) if self.resolution == "finest" else (lambda g: g > finest)
         return tuple(m.name for m in mods if keep(m.gsd))
 
+    def describe(self) -> str:
+        """What the group asks for, in words (for skip messages)."""
+        detail = {"all": "", "finest": " (finest bands)", "coarser": " (bands coarser than the finest)"}
+        return short(self.product) + (f" {self.kind}" if self.kind else "") + detail[self.resolution]
+
     def label(self, registry: Registry) -> str:
         names = self.select(registry)
         if self.resolution == "all" or not names:
@@ -75,8 +80,7 @@ def resolve(registry: Registry, groups: Sequence[Group]) -> tuple[tuple[str, ...
     for g in groups:
         chosen = g.select(registry)
         if not chosen:
-            what = " ".join(x for x in (g.kind, g.resolution if g.resolution != "all" else "") if x)
-            missing.append(f"{short(g.product)}{' (' + what + ')' if what else ''}")
+            missing.append(g.describe())
         names.extend(n for n in chosen if n not in names)
     return tuple(names), missing
 

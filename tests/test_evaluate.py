@@ -1,0 +1,185 @@
+"""The evaluation runner on a tiny run: footprint grouping, modality groups, evaluation units,
+the three benchmarks for the diffusion model and the baseline, report files, skips, resuming."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from copgen_jax import evaluate
+from copgen_jax.evaluate_bench import Settings, narrowing_levels, summarise
+from copgen_jax.evaluate_data import Group, eval_units, resolve
+from copgen_jax.footprint_records import by_location, read_footprints
+from copgen_jax.modalities import build_registry, registry_from_config
+from evaluate_fixtures import OBSERVATIONS, eval_run_dir, tiny_config
+
+DEM, LULC, S1, S2 = "DEM_DEM", "LULC_LULC", "S1RTC_vh_vv", "S2L2A_B02_B03_B04_B08"
+TASKS = ("S1RTC->S2L2A", "S2L2A infill")  # one that runs, one this registry cannot run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return eval_run_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def report(run, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("eval"))
+    settings = Settings(samples=3, steps=2, chunk=1)  # one input per call: one compile per task
+    results = evaluate.evaluate(run, evaluate.BENCHMARKS, evaluate.MODELS, settings, out,
+                                train_baseline_steps=2, tasks=TASKS)
+    return out, results, settings
+
+
+def _numbers(tree):
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _numbers(v)]
+    if isinstance(tree, list):
+        return [x for v in tree for x in _numbers(v)]
+    return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def test_records_grouped_by_footprint_across_observations(run):
+    registry = registry_from_config(tiny_config())
+    records = list(read_footprints(os.path.join(run, "data", "pixels"), registry, "test"))
+    groups = by_location(records)
+    assert len(groups) == 1 and len(records) == OBSERVATIONS
+    (cell, row, col), obs = next(iter(groups.items()))
+    assert [r["observation"] for r in obs] == list(range(OBSERVATIONS))
+    assert all((r["cell_id"], r["row"], r["col"]) == (cell, row, col) and r["split"] == "test" for r in obs)
+    assert len({r["date"] for r in obs}) == OBSERVATIONS  # different dates ...
+    for name in (DEM, LULC):  # ... of one footprint: the same terrain and land cover
+        assert all(np.array_equal(r["pixels"][name], obs[0]["pixels"][name]) for r in obs)
+    assert not np.array_equal(obs[0]["pixels"][S2], obs[1]["pixels"][S2])
+    assert obs[0]["pixels"][S2].shape == (4, 48, 48) and obs[0]["pixels"][S2].max() > 100  # DN, not [-1, 1]
+    assert set(np.unique(obs[0]["pixels"][LULC])) <= set(registry[LULC].codec.codes)
+    assert all(r["crs"] and len(r["transform"]) == 6 for r in obs)  # georeferencing kept
+
+
+def test_groups_follow_the_registry():
+    full = build_registry()
+    finest, _ = resolve(full, [Group("Core-S2L2A", "image", "finest")])
+    coarser, _ = resolve(full, [Group("Core-S2L2A", "image", "coarser")])
+    assert finest == (S2,)
+    assert coarser == ("S2L2A_B01_B09", "S2L2A_B05_B06_B07_B11_B12_B8A")
+    assert Group("Core-S2L2A", "image", "coarser").label(full) == "S2L2A 20/60 m"
+    small = registry_from_config(tiny_config())
+    names, missing = resolve(small, [Group("Core-S2L2A", "image", "finest"), Group("Core-S2L1C")])
+    assert names == (S2,) and missing == ["S2L1C"]
+    levels, skipped = narrowing_levels(small)
+    assert [label for label, _ in levels] == ["nothing", "DEM", "DEM + LULC", "DEM + LULC + S1RTC"]
+    assert levels[-1][1] == (DEM, LULC, S1) and skipped == ["+ S2L1C: the run has no modality for it"]
+
+
+def test_evaluation_units():
+    reg = build_registry()
+    np.testing.assert_allclose(eval_units(reg[S2], np.full((4, 2, 2), 2500.0)), 0.25)
+    s1 = eval_units(reg[S1], np.array([1.0, 0.1, 1e-9, 0.0, 100.0]))
+    np.testing.assert_allclose(s1, [0.0, -10.0, -50.0, -50.0, 10.0])  # dB clipped to [-50, 10]
+    np.testing.assert_array_equal(eval_units(reg[LULC], np.array([[[0, 1, 11]]])), [[0, 1, 9]])
+    np.testing.assert_array_equal(eval_units(reg[DEM], np.array([[[-3.0, 812.5]]])), [[[-3.0, 812.5]]])
+
+
+def test_summarise_ignores_non_finite_values():
+    got = summarise([{"a": 1.0, "b": float("nan")}, {"a": 3.0, "b": 2.0}, {"a": float("inf")}])
+    assert got["a"] == {"mean": 2.0, "std": 1.0, "n": 2}
+    assert got["b"] == {"mean": 2.0, "std": 0.0, "n": 1}
+
+
+def test_results_json_has_every_benchmark_and_model(report):
+    out, results, settings = report
+    with open(os.path.join(out, "results.json")) as f:
+        saved = json.load(f)
+    assert set(saved["benchmarks"]) == {"stochastic", "tasks", "narrowing"}
+    assert set(saved["models"]) == {"diffusion", "baseline"} and saved["models"]["baseline"]["step"] >= 2
+    assert saved["settings"]["samples"] == settings.samples and saved["locations"] == 1
+    st = saved["benchmarks"]["stochastic"]
+    assert st["given"] == [DEM, LULC] and st["generated"] == [S2] and st["real_per_location"] == [OBSERVATIONS]
+    for model in ("diffusion", "baseline"):
+        for space in ("spectra", "structure"):
+            for metric in ("precision", "recall", "nn_accuracy", "mmd", "wasserstein", "range_coverage",
+                           "intra_real", "intra_generated"):
+                stat = st["models"][model][f"{space}/{metric}"]
+                assert set(stat) == {"mean", "std", "n"} and stat["n"] == 1 and math.isfinite(stat["mean"])
+    task = saved["benchmarks"]["tasks"]["S1RTC->S2L2A"]
+    assert task["given"] == [S1] and task["examples"] == OBSERVATIONS
+    for model in ("diffusion", "baseline"):
+        for metric in ("mae", "mae_best_of_n", "rmse", "psnr", "ssim", "crps", "interval_coverage", "spread"):
+            assert math.isfinite(task["models"][model][f"{S2}/{metric}"]["mean"])
+    assert all(math.isfinite(x) for x in _numbers(saved["benchmarks"]["narrowing"]))
+
+
+def test_narrowing_has_one_row_per_conditioning_level(report):
+    _, results, _ = report
+    nar = results["benchmarks"]["narrowing"]
+    assert [lv["given"] for lv in nar["levels"]] == [[], [DEM], [DEM, LULC], [DEM, LULC, S1]]
+    assert nar["skipped"] == ["+ S2L1C: the run has no modality for it"] and nar["examples"] == OBSERVATIONS
+    for lv in nar["levels"]:
+        for model in ("diffusion", "baseline"):
+            assert set(lv["models"][model]) == {"pixel_std", "interval_coverage", "crps", "mae_ensemble_mean"}
+        assert lv["models"]["diffusion"]["pixel_std"]["mean"] > 0
+
+
+def test_baseline_collapses_and_diffusion_spreads(report):
+    _, results, _ = report
+    st = results["benchmarks"]["stochastic"]["models"]
+    assert st["baseline"]["spectra/intra_generated"]["mean"] == 0.0
+    assert st["baseline"]["pixel_std/generated"]["mean"] == 0.0
+    assert st["diffusion"]["spectra/intra_generated"]["mean"] > 0
+    assert st["diffusion"]["pixel_std/generated"]["mean"] > 0
+    for lv in results["benchmarks"]["narrowing"]["levels"]:
+        base = lv["models"]["baseline"]
+        assert base["pixel_std"]["mean"] == 0.0
+        assert base["crps"]["mean"] == pytest.approx(base["mae_ensemble_mean"]["mean"])  # CRPS of a point = MAE
+    task = results["benchmarks"]["tasks"]["S1RTC->S2L2A"]["models"]["baseline"]
+    assert task[f"{S2}/spread"]["mean"] == 0.0
+    assert task[f"{S2}/mae"]["mean"] == pytest.approx(task[f"{S2}/mae_best_of_n"]["mean"])
+
+
+def test_task_the_run_cannot_do_is_skipped_with_a_message(report):
+    out, results, _ = report
+    skipped = results["benchmarks"]["tasks"]["S2L2A infill"]
+    assert skipped == {"skipped": "the run has no modality for S2L2A image (bands coarser than the finest)"}
+    with open(os.path.join(out, "results.md")) as f:
+        md = f.read()
+    assert "- S2L2A infill: skipped (the run has no modality for S2L2A image (bands coarser than the finest))" in md
+
+
+def test_markdown_tables_and_plots(report):
+    out, results, _ = report
+    with open(os.path.join(out, "results.md")) as f:
+        md = f.read()
+    for heading in ("## Stochastic benchmark", "## Tasks", "### S1RTC->S2L2A", "## Uncertainty as conditioning grows"):
+        assert heading in md
+    assert "| metric | diffusion | baseline |" in md and "| spectra: recall |" in md
+    assert "| DEM + LULC + S1RTC | baseline |" in md
+    assert results["plots"] == ["stochastic.png", "tasks.png", "narrowing.png"]
+    for name in results["plots"]:
+        with open(os.path.join(out, name), "rb") as f:
+            head = f.read(8)
+        assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(os.path.join(out, name)) > 10_000
+
+
+def test_rerun_reuses_finished_parts_without_loading_models(report, run, monkeypatch):
+    out, results, settings = report
+    from copgen_jax import baseline, generate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished benchmark was recomputed")
+
+    monkeypatch.setattr(generate.CopGen, "load", classmethod(refuse))
+    monkeypatch.setattr(baseline.Baseline, "load", classmethod(refuse))
+    again = evaluate.evaluate(run, evaluate.BENCHMARKS, evaluate.MODELS, settings, out, train_baseline_steps=0,
+                              tasks=TASKS)
+    assert again["benchmarks"] == results["benchmarks"]
+    with pytest.raises(ValueError, match="unknown task"):
+        evaluate.evaluate(run, ("tasks",), ("diffusion",), settings, out, tasks=("S1->S3",))
+
+
+def test_cli_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--workdir", "x", "--benchmark", "stochastic,speed"])
+    assert "choose from stochastic, tasks, narrowing" in capsys.readouterr().err
+    args = evaluate.parse_args(["--workdir", "x", "--benchmark", "all", "--train-baseline-steps", "5"])
+    assert args.benchmark == evaluate.BENCHMARKS and args.train_baseline_steps == 5 and args.model == "both"
