@@ -15,6 +15,8 @@ A run directory (see ``copgen_jax.train``, ``copgen_jax.tokenizer_store``)::
   2. The B·N rows are sharded over the mesh's batch axes (padded to a multiple of them) and the
      requested modalities sampled by one jitted DDIM / DPM-Solver++ loop, with the conditions
      held clean at timestep 0. Each (generate set, given set, steps, sampler, rows) compiles once.
+     The seed fixes everything: row r's noise depends on (seed, r) alone (JAX's partitionable
+     threefry), so the padding and the device count do not change the draws.
   3. Generated latents / scale factor -> tokenizer decoder -> registry denormalisation (class
      maps: argmax -> class codes): arrays (B, N, *m.physical_shape) in physical units.
 
