@@ -28,6 +28,30 @@ Output in ``--out`` (default ``DIR/eval``): ``results.json``, ``results.md``, ``
 ``tasks.png``, ``narrowing.png``, and ``parts/`` — each finished (benchmark, model) result with
 the settings it was computed with, reused by a rerun with the same settings, so an interrupted
 evaluation resumes and adding a model computes only that model.
+
+``results.json`` (non-finite numbers are null; a statistic ``S`` is {"mean", "std", "n"} over
+locations or observations, ``M`` a model label)::
+
+    {workdir, pixels, split, locations, settings: {cells, samples, steps, sampler, seed, chunk, k},
+     models: {M: {run, step}}, plots: [file names],
+     benchmarks: {
+       stochastic: {given, generated, locations, real_per_location: [K per location],
+                    models: {M: {"spectra/<metric>": S, "structure/<metric>": S,
+                                 "pixel_std/real": S, "pixel_std/generated": S, "k": S}},
+                    per_location: {M: [{location, k, <the same keys>: value}]},
+                    example: {location, bands, real: [[band means]], M: [[band means]]}}
+                   metric: precision recall nn_accuracy mmd wasserstein range_coverage
+                           intra_real intra_generated
+       tasks: {name: {given, generated, description, examples,
+                      models: {M: {"<modality>/<metric>": S}}}}
+              images: mae rmse psnr ssim (each also _best_of_n, _ensemble_mean),
+                      crps interval_coverage spread
+              class maps: accuracy miou (each also _best_of_n, _mode), disagreement
+       narrowing: {generated, examples, skipped: [messages],
+                   levels: [{label, given, models: {M: {pixel_std, interval_coverage, crps,
+                                                        mae_ensemble_mean: S}}}]}}}
+
+A benchmark or task the run cannot do is ``{"skipped": "<why>"}``.
 """
 from __future__ import annotations
 
@@ -121,10 +145,11 @@ def _cached(path, key, compute):
 
 
 def evaluate(workdir, benchmarks=BENCHMARKS, models=MODELS, settings=None, out=None, *, split="test",
-             train_baseline_steps=None, tasks=None) -> dict:
+             train_baseline_steps=None, tasks=None, pixels=None) -> dict:
     """Run ``benchmarks`` for ``models`` on ``workdir``; write JSON, Markdown and plots to ``out``.
 
-    ``tasks``: names of ``evaluate_bench.TASKS`` to run (default all). Returns the results dict.
+    ``tasks``: names of ``evaluate_bench.TASKS`` to run (default all); ``pixels``: the pixel
+    shard set to read (default ``<workdir>/data/pixels``). Returns the results dict.
     """
     from copgen_jax import checkpoint, evaluate_bench, evaluate_report
     from copgen_jax.footprint_records import by_location, read_footprints
@@ -138,7 +163,7 @@ def evaluate(workdir, benchmarks=BENCHMARKS, models=MODELS, settings=None, out=N
         if unknown:
             raise ValueError(f"unknown {what} {unknown}: choose from {', '.join(known)}")
     registry = registry_from_config(checkpoint.load_config(workdir))
-    pixels = os.path.join(workdir, "data", "pixels")
+    pixels = os.fspath(pixels or os.path.join(workdir, "data", "pixels"))
     if not os.path.exists(os.path.join(pixels, "manifest.json")):
         raise FileNotFoundError(f"{pixels}: no pixel shard set (manifest.json); build one with `python -m "
                                 f"datasets.build --out={pixels} ...` using the run's config")
@@ -148,15 +173,15 @@ def evaluate(workdir, benchmarks=BENCHMARKS, models=MODELS, settings=None, out=N
     logging.info("%d %s locations, %d observations", len(groups), split, sum(map(len, groups.values())))
     loaded = _Models(workdir, train_baseline_steps)
     steps = {label: loaded.prepare(label) for label in models}
-    results = {"workdir": workdir, "split": split, "locations": len(groups), "settings": dataclasses.asdict(settings),
+    results = {"workdir": workdir, "pixels": pixels, "split": split, "locations": len(groups), "settings": dataclasses.asdict(settings),
                "models": {m: {"run": loaded.run_dir(m), "step": steps[m]} for m in models}, "benchmarks": {}}
     fns = {"stochastic": evaluate_bench.stochastic, "narrowing": evaluate_bench.narrowing,
            "tasks": lambda *a: evaluate_bench.tasks(*a, only=tasks)}
     for bench in benchmarks:
         parts = []
         for label in models:
-            key = {"settings": results["settings"], "split": split, "step": steps[label],
-                   "registry": list(registry.names), "tasks": sorted(tasks) if tasks else None}
+            key = {"settings": results["settings"], "pixels": os.path.abspath(pixels), "split": split,
+                   "step": steps[label], "registry": list(registry.names), "tasks": sorted(tasks) if tasks else None}
             parts.append(_cached(os.path.join(out, "parts", f"{bench}.{label}.json"), key,
                                  lambda: fns[bench]({label: loaded[label]}, registry, groups, settings)))
         merged = parts[0]
@@ -199,6 +224,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=8, help="inputs per generate call")
     p.add_argument("--split", default="test")
+    p.add_argument("--pixels", default=None, help="pixel shard set to evaluate on (default DIR/data/pixels)")
     p.add_argument("--tasks", type=lambda t: tuple(x for x in t.split(",") if x), default=None,
                    help="only these tasks (names as in the report), comma-separated")
     p.add_argument("--train-baseline-steps", type=int, default=None,
@@ -222,7 +248,7 @@ def main(argv=None) -> dict:
                         seed=args.seed, chunk=args.chunk)
     models = MODELS if args.model == "both" else (args.model,)
     results = evaluate(args.workdir, args.benchmark, models, settings, args.out, split=args.split,
-                       train_baseline_steps=args.train_baseline_steps, tasks=args.tasks)
+                       train_baseline_steps=args.train_baseline_steps, tasks=args.tasks, pixels=args.pixels)
     print(os.path.join(args.out or os.path.join(args.workdir, "eval"), REPORT))
     return results
 

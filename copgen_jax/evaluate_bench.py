@@ -116,7 +116,8 @@ def stochastic(models: dict, registry: Registry, groups: dict, s: Settings) -> d
     out = {"given": list(given), "generated": list(target), "locations": len(locs),
            "real_per_location": [len(real) for _, real in locs], "models": {}, "per_location": {}, "example": {}}
     for label, model in models.items():
-        samples = generate_batched(model, target, conditions, len(locs), s.samples, chunk=min(s.chunk, len(locs)),
+        k_max = max(len(real) for _, real in locs)  # K generated against K real: no more is used
+        samples = generate_batched(model, target, conditions, len(locs), k_max, chunk=min(s.chunk, len(locs)),
                                    seed=s.seed, steps=s.steps, sampler=s.sampler,
                                    progress=Progress(f"stochastic [{label}] locations", len(locs)))
         rows = []

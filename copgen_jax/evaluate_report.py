@@ -26,9 +26,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _stochastic_md(res: dict, labels: list[str]) -> list[str]:
+    lo, hi = min(res["real_per_location"]), max(res["real_per_location"])
     lines = [f"{' + '.join(res['given'])} → {' + '.join(res['generated'])}: {res['locations']} held-out locations, "
-             f"K = {min(res['real_per_location'])}–{max(res['real_per_location'])} real observations against as many "
-             "samples each; metrics per location, mean ± std over locations.", ""]
+             f"K = {lo if lo == hi else f'{lo}–{hi}'} real observations against as many samples each; metrics per "
+             "location, mean ± std over locations.", ""]
     rows = []
     for space in ("spectra", "structure"):
         rows += [[f"{space}: {r}"] + [fmt(res["models"][m].get(f"{space}/{r}")) for m in labels] for r in STOCHASTIC_ROWS]
