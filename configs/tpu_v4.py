@@ -17,4 +17,5 @@ def get_config():
     c.data.source = "shards"
     c.data.shards = "gs://YOUR_BUCKET/copgen/latents/train-*.tfrecord"
     c.data.num_workers = 8
+    c.data.sample_on = "device"
     return c

@@ -25,6 +25,10 @@ class BackboneTask:
         return backbone_from_config(self.cfg, self.registry, rngs)
 
     def loss(self, model, batch, rng, step):
+        if "mean" in batch:  # moments from the input pipeline (data.sample_on="device"): draw z here
+            from copgen_jax.data import sample_latents
+            rng, z_rng = jax.random.split(rng)
+            batch = sample_latents(batch, z_rng, self.registry)
         latents, present = batch["latents"], batch["present"]
         names = list(latents)
         batch_size = latents[names[0]].shape[0]
@@ -51,8 +55,9 @@ class BackboneTask:
                                     num_examples=self.cfg.data.get("num_examples", 256))
         from copgen_jax import data
         files, self.registry = latent_shards(self.cfg.data.shards, self.registry)
-        return data.make_latent_iterator(self.cfg, self.registry, files,
-                                         process_index=process_index, process_count=process_count, seed=seed)
+        return data.make_latent_iterator(self.cfg, self.registry, files, process_index=process_index,
+                                         process_count=process_count, seed=seed,
+                                         sample_on=self.cfg.data.get("sample_on", "host"))
 
 
 def latent_shards(spec: str, registry: Registry, split: str = "train"):
