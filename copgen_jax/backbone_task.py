@@ -11,6 +11,7 @@ from flax import nnx
 from copgen_jax.diffusion.schedule import diffusion_loss, sample_timesteps, schedule_from_config
 from copgen_jax.models.backbone import backbone_from_config
 from copgen_jax.modalities import Registry, registry_from_config
+from copgen_jax.seeded_source import SeededSource
 
 
 class BackboneTask:
@@ -84,23 +85,19 @@ def latent_shards(spec: str, registry: Registry, split: str = "train"):
     return list(files), registry
 
 
-class SyntheticLatents:
+class SyntheticLatents(SeededSource):
     """A seeded in-memory set of latents of the right shapes (no real content).
 
-    Smooth random fields, reproducible from (seed, example index), visited in a
-    seeded shuffled order per epoch. Each process yields only its rows of the
-    global batch. Nothing trained on it says anything about model quality: it
-    exists to exercise the training machinery before real shards exist.
+    Smooth random fields, reproducible from (seed, example index). Nothing trained
+    on it says anything about model quality: it exists to exercise the training
+    machinery before real shards exist.
     """
 
     def __init__(self, registry, global_batch, seed, process_index=0, process_count=1, num_examples=256):
-        self.registry, self.seed = registry, seed
-        self.local = global_batch // process_count
-        self.offset = process_index * self.local
-        self.global_batch, self.num_examples = global_batch, num_examples
-        self.position = 0  # global examples consumed
+        super().__init__(global_batch, seed, process_index, process_count, num_examples)
+        self.registry = registry
 
-    def _example(self, index):
+    def example(self, index):
         rng = np.random.default_rng([self.seed, index])
         out = {}
         for m in self.registry:
@@ -110,23 +107,7 @@ class SyntheticLatents:
             out[m.name] = field.astype(np.float32)
         return out
 
-    def _index(self, position):
-        epoch, within = divmod(position, self.num_examples)
-        return int(np.random.default_rng([self.seed, epoch, 7]).permutation(self.num_examples)[within])
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        start = self.position + self.offset
-        rows = [self._example(self._index(start + i)) for i in range(self.local)]
-        self.position += self.global_batch
+    def collate(self, rows):
         latents = {m.name: np.stack([r[m.name] for r in rows]) for m in self.registry}
-        present = {m.name: np.ones(self.local, bool) for m in self.registry}
+        present = {m.name: np.ones(len(rows), bool) for m in self.registry}
         return {"latents": latents, "present": present}
-
-    def get_state(self):
-        return {"position": self.position}
-
-    def set_state(self, state):
-        self.position = int(state["position"])

@@ -7,27 +7,21 @@ import grain
 import numpy as np
 
 from copgen_jax.modalities import CATEGORICAL, Modality
+from copgen_jax.seeded_source import SeededSource
 
 
-class RandomPixels:
+class RandomPixels(SeededSource):
     """Seeded smooth random fields in the network range, shaped like ``modality.pixel_shape``.
 
-    Example ``i`` depends only on (seed, i); examples are visited in a seeded
-    shuffled order per epoch and each process yields only its rows of every
-    global batch. Categorical modalities get blobby class maps as one-hot in
-    {-1, 1}. It exercises training and encoding before real shards exist; a
-    model trained on it says nothing about quality on real data.
+    Categorical modalities get blobby class maps as one-hot in {-1, 1}. It exercises
+    training and encoding before real shards exist; a model trained on it says nothing
+    about quality on real data.
     """
 
     def __init__(self, modality: Modality, global_batch, seed, process_index=0, process_count=1,
                  num_examples=256):
-        if global_batch % process_count:
-            raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
-        self.modality, self.seed, self.num_examples = modality, seed, num_examples
-        self.global_batch = global_batch
-        self.local = global_batch // process_count
-        self.offset = process_index * self.local
-        self.position = 0  # global examples consumed
+        super().__init__(global_batch, seed, process_index, process_count, num_examples)
+        self.modality = modality
 
     def example(self, index: int) -> np.ndarray:
         m = self.modality
@@ -41,24 +35,8 @@ class RandomPixels:
             return (2.0 * np.eye(c, dtype=np.float32)[np.argmax(field, 0)].transpose(2, 0, 1) - 1.0)
         return np.tanh(0.7 * field).astype(np.float32)
 
-    def _index(self, position: int) -> int:
-        epoch, within = divmod(position, self.num_examples)
-        return int(np.random.default_rng([self.seed, epoch, 7]).permutation(self.num_examples)[within])
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        start = self.position + self.offset
-        rows = [self.example(self._index(start + i)) for i in range(self.local)]
-        self.position += self.global_batch
+    def collate(self, rows):
         return {"pixels": np.stack(rows)}
-
-    def get_state(self):
-        return {"position": self.position}
-
-    def set_state(self, state):
-        self.position = int(state["position"])
 
 
 def palette(num_classes: int) -> np.ndarray:

@@ -6,7 +6,8 @@ of two cells (one held out) of one footprint each, seen on three dates. Built on
 """
 import os
 
-from configs import test as test_config, tokenizer_test
+import generate_fixtures
+from configs import tokenizer_test
 from copgen_jax import tiny_run
 from copgen_jax.modalities import registry_from_config
 
@@ -16,11 +17,7 @@ OBSERVATIONS = 3
 
 
 def tiny_config():
-    cfg = test_config.get_config()
-    cfg.modalities.names = NAMES
-    cfg.diffusion.modality_dropout = 0.25
-    cfg.train.steps = cfg.train.checkpoint_every = cfg.train.log_every = 2
-    return cfg
+    return generate_fixtures.tiny_config(NAMES)
 
 
 def eval_run_dir(tmp_path_factory) -> str:

@@ -16,9 +16,10 @@ NAMES = ("3d_cartesian_lat_lon", "DEM_DEM", "LULC_LULC", "S2L2A_B02_B03_B04_B08"
 DEM, LULC, S2, LATLON, DATE = "DEM_DEM", "LULC_LULC", "S2L2A_B02_B03_B04_B08", "3d_cartesian_lat_lon", "mean_timestamps"
 
 
-def tiny_config():
+def tiny_config(names=NAMES):
+    """configs/test.py over ``names``, with presence masks, two training steps."""
     cfg = test_config.get_config()
-    cfg.modalities.names = NAMES
+    cfg.modalities.names = names
     cfg.diffusion.modality_dropout = 0.25
     cfg.train.steps = cfg.train.checkpoint_every = cfg.train.log_every = 2
     return cfg
