@@ -1,4 +1,5 @@
 """Tiny tokenizer for tests: the registry of configs/test.py, width 16, seconds on a CPU."""
+from configs import test as backbone_test
 from copgen_jax.defaults import default_config
 from copgen_jax.tokenizer_task import tokenizer_config
 
@@ -7,11 +8,7 @@ def get_config():
     c = default_config()
     c.task = "tokenizer"
     # The registry of configs/test.py: 48 px S2, 16 px DEM, downsample 4, latent channels 4.
-    c.modalities.names = ("3d_cartesian_lat_lon", "DEM_DEM", "S2L2A_B02_B03_B04_B08")
-    c.modalities.pixel_scale = 4
-    c.modalities.downsample = 4
-    c.modalities.patch = 2
-    c.modalities.latent_channels = 4
+    c.modalities = backbone_test.get_config().modalities
     c.tokenizer = tokenizer_config()
     c.tokenizer.modality = "S2L2A_B02_B03_B04_B08"
     c.tokenizer.ch = 16
