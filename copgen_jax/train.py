@@ -12,10 +12,8 @@ accumulation, one jitted step, logging, Orbax checkpoints, resume and SIGTERM.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import signal
-import time
 
 import jax
 import jax.numpy as jnp

@@ -13,7 +13,7 @@ from configs import tokenizer_test
 from copgen_jax import encode, parallel, shard_writer, shards, tfrecord
 from copgen_jax.modalities import build_registry, registry_from_config
 from copgen_jax.models.tokenizer import AutoencoderKL, autoencoder_from_config, outputs_to_pixels
-from copgen_jax.tokenizer_eval import evaluate_tokenizer, evaluation_units
+from copgen_jax.tokenizer_eval import evaluation_units
 from copgen_jax.tokenizer_store import (build_model, compute_scale_factor, export_tokenizer, load_tokenizer,
                                        read_scale_factor, write_scale_factor)
 from copgen_jax.tokenizer_task import TokenizerTask
