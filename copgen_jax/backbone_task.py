@@ -66,22 +66,15 @@ def latent_shards(spec: str, registry: Registry, split: str = "train"):
     A directory's manifest records the factor each modality was encoded with
     (for trained tokenizers 1 / std of their own latents); latents are scaled by it.
     """
-    from etils import epath
+    import os
 
     from copgen_jax import shard_writer
-    if not spec:
-        raise ValueError("data.source='shards' needs data.shards: a latent shard directory or a glob")
-    if epath.Path(spec).is_dir():
-        files = shard_writer.shard_files(spec, split)
+    files = shard_writer.resolve_shards(spec, split)
+    if os.path.isdir(spec):
         recorded = shard_writer.load_manifest(spec).get("registry", {})
         registry = Registry(dataclasses.replace(m, scale_factor=recorded.get(m.name, {}).get("scale_factor")
                                                 or m.scale_factor) for m in registry)
-    else:
-        path = epath.Path(spec)
-        files = sorted(str(f) for f in path.parent.glob(path.name))
-    if not files:
-        raise FileNotFoundError(f"no {split} shards found at {spec!r}")
-    return list(files), registry
+    return files, registry
 
 
 class SyntheticLatents(SeededSource):

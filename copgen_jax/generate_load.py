@@ -6,7 +6,6 @@ randomly initialised, compiled or allocated twice, so loading costs the read alo
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -63,26 +62,13 @@ def restore_backbone(cfg, registry: Registry, workdir, step: int | None, mesh) -
     return restore_into(abstract, _item_path(workdir, step, "ema_params"), shardings)
 
 
-def load_autoencoder(run, registry: Registry):
-    """(autoencoder, scale factor or None) of the tokenizer run ``run`` (newest checkpoint, EMA)."""
-    from copgen_jax.tokenizer_store import read_scale_factor
-    from copgen_jax.tokenizer_task import TokenizerTask
-    cfg = checkpoint.load_config(run)
-    if cfg.get("task") != "tokenizer" or not cfg.get("tokenizer"):
-        raise ValueError(f"{run}/config.json is not a tokenizer run (task={cfg.get('task')!r})")
-    task = TokenizerTask(cfg, registry)
-    model = restore_into(parallel.abstract_model(lambda: task.create_model(nnx.Rngs(0))),
-                         _item_path(run, None, "ema_params"))
-    info = read_scale_factor(os.fspath(run))
-    return model.autoencoder, (info or {}).get("scale_factor")
-
-
 def load_autoencoders(tokenizers_dir, registry: Registry):
     """Every spatial modality's autoencoder, and the registry with the tokenizers' scale factors.
 
     A tokenizer's ``scale_factor.json`` (written when its latents were encoded) wins over
     the registry's default, so sampling scales latents as the latent shards were scaled.
     """
+    from copgen_jax.tokenizer_store import load_tokenizer
     root = epath.Path(tokenizers_dir)
     out, factors = {}, {}
     for m in registry.spatial:
@@ -91,7 +77,8 @@ def load_autoencoders(tokenizers_dir, registry: Registry):
             raise FileNotFoundError(f"{run}: no tokenizer run for {m.name}; train one with `python -m "
                                     f"copgen_jax.main --config=configs/tokenizer.py --config.tokenizer."
                                     f"modality={m.name} --workdir={run}` or convert the released weights")
-        out[m.name], factors[m.name] = load_autoencoder(run, registry)
+        tok = load_tokenizer(run, registry=registry)  # the EMA weights; a stale scale factor is ignored
+        out[m.name], factors[m.name] = tok.autoencoder, tok.scale_factor
         if out[m.name].z_channels != m.latent_channels or out[m.name].downsample != m.downsample:
             raise ValueError(f"{run}: its latents have {out[m.name].z_channels} channels at 1/{out[m.name].downsample}"
                              f" resolution; the backbone expects {m.latent_shape}; use tokenizers of its registry")

@@ -258,6 +258,18 @@ def shard_files(directory: str, split: str = "train") -> list[str]:
     return [os.path.join(directory, s["file"]) for s in manifest["splits"][split]["shards"] if s["records"]]
 
 
+def resolve_shards(spec: str, split: str = "train") -> list[str]:
+    """Shard files named by a config: a shard set directory (its manifest's ``split``) or a glob."""
+    import glob
+    if not spec:
+        raise ValueError("data.shards is empty: give a shard set directory or a glob of shard files")
+    files = shard_files(spec, split) if os.path.isdir(spec) else sorted(glob.glob(spec))
+    if not files:
+        raise FileNotFoundError(f"data.shards={spec!r}: no {split} shards (neither a shard set directory "
+                                "nor a glob matching files)")
+    return files
+
+
 def verify(directory: str) -> dict:
     """Re-hash every shard against the manifest; raise naming the first bad file."""
     manifest = load_manifest(directory)

@@ -61,7 +61,7 @@ def host_initialised(ctor, seed: int) -> nnx.Module:
 
 
 def make_tokenizer(run_dir: str, cfg, steps: int, scale_factor: bool = True) -> None:
-    from copgen_jax.tokenizer_store import Tokenizer, compute_scale_factor, export_tokenizer, write_scale_factor
+    from copgen_jax.tokenizer_store import compute_scale_factor, export_tokenizer, load_tokenizer, write_scale_factor
     from copgen_jax.tokenizer_task import TokenizerTask
     task = TokenizerTask(cfg)
     if checkpoint.latest_step(run_dir) is None:
@@ -71,11 +71,9 @@ def make_tokenizer(run_dir: str, cfg, steps: int, scale_factor: bool = True) -> 
         else:
             export_tokenizer(run_dir, cfg, host_initialised(lambda: task.create_model(nnx.Rngs(0)), cfg.seed))
     if scale_factor and not os.path.exists(os.path.join(run_dir, "scale_factor.json")):
-        from copgen_jax.generate_load import load_autoencoder
-        ae, _ = load_autoencoder(run_dir, task.registry)
+        tok = load_tokenizer(run_dir, registry=task.registry)
         it = task.make_iterator(0, 1, cfg.seed)
         batches = (next(it)["pixels"] for _ in range(cfg.tokenizer.get("scale_factor_batches", 2)))
-        tok = Tokenizer(ae, task.modality, cfg, run_dir, checkpoint.latest_step(run_dir), None)
         write_scale_factor(run_dir, compute_scale_factor(tok, batches, seed=cfg.seed))
 
 

@@ -69,20 +69,6 @@ def preview(m: Modality, inputs: np.ndarray, outputs: np.ndarray) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-def shard_paths(spec: str, split: str = "train") -> list[str]:
-    """A pixel shard set directory (its manifest's ``split`` shards) or a glob of shard files."""
-    import glob
-    import os
-
-    from copgen_jax import shard_writer
-    if os.path.isdir(spec):
-        return shard_writer.shard_files(spec, split)
-    files = sorted(glob.glob(spec))
-    if not files:
-        raise FileNotFoundError(f"data.shards={spec!r} is neither a shard set directory nor a glob matching files")
-    return files
-
-
 class PresentPixels(grain.DatasetIterator):
     """Batches of one modality from a pixel pipeline, skipping records where it is absent.
 

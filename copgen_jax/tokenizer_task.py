@@ -30,7 +30,7 @@ from flax import nnx
 from copgen_jax.models.discriminator import NLayerDiscriminator, min_input_size
 from copgen_jax.models.tokenizer import AutoencoderKL, autoencoder_from_config, outputs_to_pixels, sample_latent
 from copgen_jax.modalities import CATEGORICAL, Modality, Registry, registry_from_config
-from copgen_jax.tokenizer_data import PresentPixels, RandomPixels, preview, shard_paths
+from copgen_jax.tokenizer_data import PresentPixels, RandomPixels, preview
 
 
 def tokenizer_config() -> ml_collections.ConfigDict:
@@ -188,11 +188,9 @@ class TokenizerTask:
             return RandomPixels(self.modality, batch, seed, process_index, process_count,
                                 num_examples=self.cfg.data.get("num_examples", 256))
         if source == "shards":
-            from copgen_jax import data
-            if not self.cfg.data.get("shards"):
-                raise ValueError("data.source='shards' needs data.shards: a pixel shard set directory or a glob")
+            from copgen_jax import data, shard_writer
             one = self.registry.subset([self.modality.name])
-            records = data.make_pixel_iterator(self.cfg, one, shard_paths(self.cfg.data.shards, "train"),
+            records = data.make_pixel_iterator(self.cfg, one, shard_writer.resolve_shards(self.cfg.data.shards),
                                                process_index=process_index, process_count=process_count,
                                                seed=seed, batch_size=process_count)  # one record per process
             return PresentPixels(records, self.modality.name, batch // process_count)
