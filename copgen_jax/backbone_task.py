@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -32,14 +33,28 @@ class BackboneTask:
         latents, present = batch["latents"], batch["present"]
         names = list(latents)
         batch_size = latents[names[0]].shape[0]
-        t_rng, n_rng, d_rng = jax.random.split(rng, 3)
+        t_rng, n_rng, d_rng, c_rng = jax.random.split(rng, 4)
+        present = self._drop(present, d_rng)
+        clean = self._conditions(present, c_rng)
         timesteps = sample_timesteps(t_rng, batch_size, names, self.schedule.num_steps)
+        timesteps = {n: jnp.where(clean[n], 0, timesteps[n]) for n in names}
         noise = {n: jax.random.normal(k, latents[n].shape) for n, k in zip(names, jax.random.split(n_rng, len(names)))}
         noisy = {n: self.schedule.q_sample(latents[n], timesteps[n], noise[n]) for n in names}
-        present = self._drop(present, d_rng)
         pred = model(noisy, timesteps, present)
-        total, per_mod = diffusion_loss(pred, noise, present)
+        targets = {n: present[n] & ~clean[n] for n in names}
+        total, per_mod = diffusion_loss(pred, noise, targets)
         return total, {f"loss/{n}": v for n, v in per_mod.items()}
+
+    def _conditions(self, present, rng):
+        """(sample, modality) pairs fed clean at timestep 0, as sampling feeds conditions; no loss.
+
+        The release draws n >= 1 only, so the exact input its sampler conditions
+        on (n = 0) is never seen in training; ``diffusion.condition_rate`` > 0
+        trains on it, which short runs need to follow their conditions.
+        """
+        p = self.cfg.diffusion.get("condition_rate", 0.0)
+        keys = jax.random.split(rng, len(present))
+        return {n: present[n] & (jax.random.uniform(k, present[n].shape) < p) for (n, k) in zip(present, keys)}
 
     def _drop(self, present, rng):
         """Randomly mark (sample, modality) pairs absent: they leave attention and the loss."""
@@ -66,11 +81,9 @@ def latent_shards(spec: str, registry: Registry, split: str = "train"):
     A directory's manifest records the factor each modality was encoded with
     (for trained tokenizers 1 / std of their own latents); latents are scaled by it.
     """
-    import os
-
-    from copgen_jax import shard_writer
+    from copgen_jax import fileio, shard_writer
     files = shard_writer.resolve_shards(spec, split)
-    if os.path.isdir(spec):
+    if fileio.isdir(spec):
         recorded = shard_writer.load_manifest(spec).get("registry", {})
         registry = Registry(dataclasses.replace(m, scale_factor=recorded.get(m.name, {}).get("scale_factor")
                                                 or m.scale_factor) for m in registry)

@@ -1,6 +1,6 @@
 """Grain input pipelines over pixel and latent-moment shards.
 
-    shard files ─ per-process assignment (files[process_index::process_count])
+    shard files (local or URIs, e.g. gs://) ─ per-process assignment (files[process_index::process_count])
       └ shard order shuffled per epoch (seeded) ─ interleave ``cycle_length`` shards
         └ window shuffle of raw records (``cfg.data.shuffle_buffer``)
           └ parse (CRC-checked reader; corrupt input raises or is skipped and counted)
@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Callable, Sequence
 
 import grain
 import jax
 import numpy as np
 
-from copgen_jax import shard_writer, shards, tfrecord
+from copgen_jax import fileio, shard_writer, shards, tfrecord
 from copgen_jax.modalities import Registry
 
 log = logging.getLogger(__name__)
@@ -175,10 +174,10 @@ class SampleLatents(grain.transforms.RandomMap):
 def assign_shards(files: Sequence[str], process_index: int, process_count: int) -> list[str]:
     """This process's share of the non-empty shards: every ``process_count``-th, sorted."""
     files = sorted(str(f) for f in files)
-    missing = [f for f in files if not os.path.exists(f)]
+    missing = [f for f in files if not fileio.exists(f)]
     if missing:
         raise FileNotFoundError(f"shard files not found: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
-    nonempty = [f for f in files if os.path.getsize(f) > 0]
+    nonempty = [f for f in files if fileio.getsize(f) > 0]
     if len(nonempty) < process_count:
         raise DataError(f"{len(nonempty)} non-empty shards for {process_count} processes: each process needs "
                         "its own shard; rebuild with more shards (e.g. fewer cells per shard)")
@@ -327,7 +326,7 @@ def global_batch(local_batch, mesh: jax.sharding.Mesh, sharding=None):
 def _encode_group(unit, *, pixel_dir, registry, encode, batch_size):
     """One pixel shard group -> latent features (same metadata, split and order)."""
     for split in shards.SPLITS:
-        path = os.path.join(pixel_dir, shards.shard_name(unit["name"], split, unit["group"], unit["groups"]))
+        path = fileio.join(pixel_dir, shards.shard_name(unit["name"], split, unit["group"], unit["groups"]))
         records = (shards.decode_record(data, registry, shards.PIXELS, where=f"{path}: record {i}")
                    for i, data in enumerate(tfrecord.read_records(path)))
         batch = []
@@ -369,5 +368,5 @@ def write_latent_shards(out: str, registry: Registry, pixel_dir: str,
                                 batch_size=batch_size)
     return shard_writer.build_shards(
         out, units, produce, registry=registry, kind=shards.LATENTS, name=name or pixels["name"] + "_latents",
-        source=source or {"pixels": os.path.abspath(pixel_dir)}, progress=progress,
+        source=source or {"pixels": fileio.abspath(pixel_dir)}, progress=progress,
         description=f"COP-GEN latent moments of {pixels['name']}")

@@ -11,6 +11,9 @@ skips done groups. ``.progress/plan.json`` pins units, registry schema and
 grouping: a rebuild with a different plan into the same directory is refused.
 The manifest (``manifest.json``) is written at the end from the markers:
 schema, record counts, per-feature statistics, and the sha256 of every shard.
+Builds write to a local directory (they rely on ``fsync`` and atomic renames);
+a finished set may be copied anywhere, and reading it (``resolve_shards``,
+``load_manifest``, ``verify``) accepts URIs such as ``gs://bucket/set``.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterable, Sequence
 
-from copgen_jax import shards, tfrecord
+from copgen_jax import fileio, shards, tfrecord
 from copgen_jax.modalities import Registry
 
 MANIFEST = "manifest.json"
@@ -52,7 +55,7 @@ _write_json = write_json  # older name, kept for callers
 
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fileio.open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
@@ -242,12 +245,11 @@ def manifest_from_directory(directory: str, registry: Registry, kind: str, *, na
 
 
 def load_manifest(directory: str) -> dict:
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.exists(path):
+    path = fileio.join(directory, MANIFEST)
+    if not fileio.exists(path):
         raise FileNotFoundError(f"{path} not found: {directory} is not a finished shard set "
                                 "(build it with `python -m datasets.build`, which resumes if interrupted)")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(fileio.read_text(path))
 
 
 def shard_files(directory: str, split: str = "train") -> list[str]:
@@ -255,15 +257,17 @@ def shard_files(directory: str, split: str = "train") -> list[str]:
     manifest = load_manifest(directory)
     if split not in manifest["splits"]:
         raise KeyError(f"{directory}: no split {split!r}; it has {sorted(manifest['splits'])}")
-    return [os.path.join(directory, s["file"]) for s in manifest["splits"][split]["shards"] if s["records"]]
+    return [fileio.join(directory, s["file"]) for s in manifest["splits"][split]["shards"] if s["records"]]
 
 
 def resolve_shards(spec: str, split: str = "train") -> list[str]:
-    """Shard files named by a config: a shard set directory (its manifest's ``split``) or a glob."""
-    import glob
+    """Shard files named by a config: a shard set directory (its manifest's ``split``) or a glob.
+
+    Either may be a URI (``gs://bucket/latents`` or ``gs://bucket/latents/*-train.tfrecord-*``).
+    """
     if not spec:
         raise ValueError("data.shards is empty: give a shard set directory or a glob of shard files")
-    files = shard_files(spec, split) if os.path.isdir(spec) else sorted(glob.glob(spec))
+    files = shard_files(spec, split) if fileio.isdir(spec) else fileio.glob(spec)
     if not files:
         raise FileNotFoundError(f"data.shards={spec!r}: no {split} shards (neither a shard set directory "
                                 "nor a glob matching files)")
@@ -275,8 +279,8 @@ def verify(directory: str) -> dict:
     manifest = load_manifest(directory)
     for split in manifest["splits"].values():
         for s in split["shards"]:
-            path = os.path.join(directory, s["file"])
-            if not os.path.exists(path):
+            path = fileio.join(directory, s["file"])
+            if not fileio.exists(path):
                 raise BuildError(f"{path} is listed in the manifest but missing")
             digest = sha256_file(path)
             if digest != s["sha256"]:

@@ -17,7 +17,8 @@ small protobuf codec below covers exactly that message family::
 Float lists decode to zero-copy ``float32`` views of the record, which is what
 makes parsing large latent records cheap. Files written here are
 byte-compatible with ``tf.io.TFRecordWriter`` and parse with
-``tf.io.parse_single_example``; files TensorFlow writes read back here.
+``tf.io.parse_single_example``; files TensorFlow writes read back here. Paths
+may be URIs (``gs://...``, through ``copgen_jax.fileio``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ import struct
 from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
+
+from copgen_jax import fileio
 
 try:  # Hardware CRC32C (GB/s); the table-driven fallback below is ~10 MB/s.
     import google_crc32c as _gcrc
@@ -87,7 +90,8 @@ class TFRecordWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self._f: BinaryIO = open(self.path, "wb")
+        self._f: BinaryIO = fileio.open(self.path, "wb")
+        self._local = fileio.is_local(self.path)
         self.records = 0
 
     def write(self, data: bytes) -> None:
@@ -101,7 +105,7 @@ class TFRecordWriter:
         if self._f.closed:
             return
         self._f.flush()
-        if sync:  # the caller renames the file next; it must be on disk first
+        if sync and self._local:  # the caller renames the file next; it must be on disk first
             os.fsync(self._f.fileno())
         self._f.close()
 
@@ -130,8 +134,8 @@ class TFRecordReader:
         self.path = os.fspath(path)
         self.offset, self.index, self.skipped = offset, index, skipped
         self.on_corrupt = on_corrupt
-        self._f = open(self.path, "rb")
-        self._f.seek(offset)
+        self._f = fileio.open(self.path, "rb")
+        self._f.seek(offset)  # on object stores a ranged read: resuming does not re-read the file
         self._done = False
 
     def close(self):
