@@ -1,6 +1,8 @@
 """Orbax checkpoints of a run: save, restore, resume, export.
 
-A run's workdir holds ``config.json`` and ``checkpoints/<step>/`` with the items
+A run's workdir (a local path or a URI such as ``gs://bucket/run``; Orbax reaches
+URIs through ``etils.epath``, ``config.json`` goes through ``copgen_jax.fileio``)
+holds ``config.json`` and ``checkpoints/<step>/`` with the items
   params      model parameters (nnx.Param state as a pure dict)
   ema_params  their exponential moving average (what sampling uses)
   opt_state   optimizer state (absent in exported / converted checkpoints)
@@ -14,6 +16,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+
+from copgen_jax import fileio
 
 ARRAY_ITEMS = ("params", "ema_params", "opt_state")
 
@@ -79,16 +83,15 @@ def abstract_like(tree):
 def save_config(workdir, cfg: ml_collections.ConfigDict) -> None:
     if jax.process_index() != 0:
         return
-    path = epath.Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    fileio.makedirs(workdir)
+    fileio.write_text(fileio.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-    path = epath.Path(workdir) / "config.json"
-    if not path.exists():
+    path = fileio.join(workdir, "config.json")
+    if not fileio.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir} a copgen_jax run directory?")
-    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+    return ml_collections.ConfigDict(_tuples(json.loads(fileio.read_text(path))))
 
 
 def _tuples(obj):

@@ -1,12 +1,20 @@
-"""Training metrics to stdout and TensorBoard event files (process 0 writes)."""
+"""Training metrics to stdout and TensorBoard event files (process 0 writes).
+
+The workdir may be a URI (``gs://...``): event files are then written through
+``copgen_jax.fileio`` (fsspec), each rewritten whole at every flush, because
+object stores cannot append (metrics files are small; flushes are per log step).
+"""
 from __future__ import annotations
 
+import io
 import logging
-import os
+import threading
 import time
 
 import jax
 import numpy as np
+
+from copgen_jax import fileio
 
 
 class MetricLogger:
@@ -14,8 +22,7 @@ class MetricLogger:
         self.global_batch = global_batch
         self.writer = None
         if jax.process_index() == 0:
-            from tensorboardX import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"))
+            self.writer = summary_writer(fileio.join(workdir, "tensorboard"))
         self._last = (None, time.perf_counter())
 
     def write(self, step: int, metrics: dict) -> dict:
@@ -59,3 +66,42 @@ def _flatten(tree, prefix=""):
         else:
             out[key] = v
     return out
+
+
+def summary_writer(logdir: str):
+    """A tensorboardX ``SummaryWriter`` for a local directory or a URI."""
+    from tensorboardX import SummaryWriter, record_writer
+    if not fileio.is_local(logdir):
+        fileio.filesystem(logdir)  # a missing filesystem package fails here, naming it
+        # tensorboardX picks the writer by scheme; ours replaces its own gs/s3 ones so
+        # every remote file goes through one layer (and one dependency: gcsfs).
+        record_writer.register_writer_factory(fileio.scheme(logdir), _RemoteEvents())
+    return SummaryWriter(logdir)
+
+
+class _RemoteEvents:
+    """tensorboardX writer factory for URIs."""
+
+    def open(self, path):
+        return _RemoteEventFile(path)
+
+    def directory_check(self, path):
+        fileio.makedirs(path)
+
+
+class _RemoteEventFile:
+    """An event file on a URI, buffered and uploaded whole at each flush."""
+
+    def __init__(self, path):
+        self.path, self._buffer, self._lock = path, io.BytesIO(), threading.Lock()
+
+    def write(self, data):
+        with self._lock:
+            self._buffer.write(data)
+
+    def flush(self):  # called by tensorboardX's writer thread and by SummaryWriter.flush
+        with self._lock:
+            fileio.filesystem(self.path).pipe_file(self.path, self._buffer.getvalue())
+
+    def close(self):
+        self.flush()
