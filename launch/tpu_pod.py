@@ -113,8 +113,7 @@ def setup(args, sh: Runner) -> None:
                ["rm", "-rf", VENV],
                ["python3", "-m", "uv", "venv", "--quiet", "--seed", "--python", args.python, VENV],
                [python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-               [python, "-m", "pip", "install", "--quiet", "jax[tpu]", "google-cloud-storage",
-                "-e", f"./{REPO}"],
+               [python, "-m", "pip", "install", "--quiet", "-e", f"./{REPO}[tpu]"],  # jax[tpu], gcsfs
                [python, "-c", "import copgen_jax, jax; print(jax.__version__)"]]
     sh.run(ssh(args, " && ".join(map(shlex.join, fetch + install))), retry=True)
 

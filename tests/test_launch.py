@@ -65,8 +65,8 @@ def test_setup_clones_a_repo_and_installs_on_every_worker():
     steps = [shlex.split(step) for step in remote(ssh).split(" && ")]
     assert ["git", "clone", "--quiet", "https://example.com/copgen.git", "copgen_jax"] in steps
     assert ["git", "-C", "copgen_jax", "checkout", "--quiet", "v1"] in steps
-    install = next(s for s in steps if "jax[tpu]" in s)
-    assert install[1:4] == ["-m", "pip", "install"] and install[-2:] == ["-e", "./copgen_jax"]
+    install = next(s for s in steps if "./copgen_jax[tpu]" in s)  # the tpu extra: jax[tpu], gcsfs
+    assert install[1:4] == ["-m", "pip", "install"] and install[-2:] == ["-e", "./copgen_jax[tpu]"]
     assert ["python3", "-m", "uv", "venv", "--quiet", "--seed", "--python", "3.11", "copgen_venv"] in steps
 
 
