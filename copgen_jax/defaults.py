@@ -39,6 +39,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Probability of marking each (sample, modality) absent during training;
     # absent modalities are masked out of attention and carry no loss.
     c.diffusion.modality_dropout = 0.0
+    # Probability of feeding each present (sample, modality) clean at timestep 0 with
+    # no loss: a condition, exactly as the samplers feed conditions. 0 = the release.
+    c.diffusion.condition_rate = 0.0
 
     # --- optimisation ---------------------------------------------------------
     c.optim = ml_collections.ConfigDict()

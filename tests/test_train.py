@@ -170,3 +170,40 @@ def test_metrics_reach_tensorboard(tmp_path):
             scalars.setdefault(value.tag, []).append(event.step)
     assert {"loss", "grad_norm", "lr", "loss/DEM_DEM", "steps_per_s", "examples_per_s"} <= set(scalars)
     assert scalars["loss"] == [2, 4]
+
+
+class _Recorder:
+    """Predicts zeros and keeps what the loss fed it, to check what the objective hands the network."""
+
+    def __call__(self, noisy, timesteps, present):
+        self.seen = (noisy, timesteps, present)
+        return {n: jnp.zeros_like(x) for n, x in noisy.items()}
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_conditions_enter_clean_at_timestep_zero_without_loss(rate):
+    cfg = config(**{"diffusion.condition_rate": rate})
+    task = BackboneTask(cfg)
+    batch = jax.tree.map(jnp.asarray, first_batch(task, cfg))
+    model = _Recorder()
+    total, per_mod = task.loss(model, batch, jax.random.key(3), 0)
+    noisy, timesteps, present = model.seen
+    expected = 0.0
+    for name, x in batch["latents"].items():
+        clean = np.asarray(timesteps[name]) == 0
+        assert rate or not clean.any()
+        assert (rate < 1) or clean.all()
+        np.testing.assert_array_equal(np.asarray(noisy[name])[clean], np.asarray(x)[clean])
+        if not clean.all():
+            assert np.abs(np.asarray(noisy[name])[~clean] - np.asarray(x)[~clean]).max() > 0
+        # the zero prediction's loss is the mean squared noise over the noised samples only
+        eps = (np.asarray(noisy[name]) - np.sqrt(task.schedule.alpha_bars[np.asarray(timesteps[name])]).reshape(
+            (-1,) + (1,) * (x.ndim - 1)) * np.asarray(x))
+        eps /= np.sqrt(1 - task.schedule.alpha_bars[np.asarray(timesteps[name])].clip(max=1 - 1e-12)).reshape(
+            (-1,) + (1,) * (x.ndim - 1))
+        target = ~clean & np.asarray(present[name])
+        mse = (eps ** 2).reshape(len(eps), -1).mean(1)
+        want = mse[target].sum() / max(target.sum(), 1)
+        np.testing.assert_allclose(float(per_mod[f"loss/{name}"]), want, rtol=2e-3)
+        expected += want
+    np.testing.assert_allclose(float(total), expected, rtol=2e-3)
