@@ -41,6 +41,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     t.ch_mult = (1, 2, 4, 4)  # len - 1 halvings: must give the registry's downsample
     t.num_res_blocks = 2
     t.z_channels = 0  # 0 = the registry's latent_channels
+    # GroupNorm groups (the release's 32 gives 4 channels per group at ch=128). Narrow demo
+    # models need fewer: one channel per group erases per-image brightness (see GroupNorm).
+    t.norm_groups = 32
     t.dtype = "float32"  # compute dtype of the convolutions; parameters stay fp32
     t.l1_weight = 1.0
     t.l2_weight = 1.0

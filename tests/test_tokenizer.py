@@ -341,3 +341,22 @@ def test_evaluation_report(tokenizers_dir, pixel_dir, tmp_path):
     m = REG[S2]
     x = np.random.default_rng(0).uniform(0, 4000, m.physical_shape)
     np.testing.assert_allclose(evaluation_units(m, m.normalize(x)), x / 1e4, rtol=1e-4, atol=1e-6)
+
+
+def test_norm_groups_keep_several_channels_per_group():
+    """One channel per group would erase each image's brightness; ``norm_groups`` sets the grouping."""
+    from copgen_jax.models.tokenizer import GroupNorm
+
+    def build(**kw):
+        return parallel.create_sharded(lambda: AutoencoderKL(4, 4, ch=16, ch_mult=(1, 2), num_res_blocks=1,
+                                                             z_channels=4, rngs=nnx.Rngs(0), **kw), None, ())
+    narrow = build(norm_groups=4)
+    assert narrow.encoder.norm_out.groups == 4 and narrow.decoder.norm_out.groups == 4
+    assert build().decoder.norm_out.groups == 16  # 16 channels: gcd(32, 16), the release's rule
+    x = jnp.linspace(0.0, 1.0, 2 * 8 * 8 * 8).reshape(2, 8, 8, 8)
+    per_channel, grouped = (parallel.create_sharded(lambda g=g: GroupNorm(8, rngs=nnx.Rngs(0), groups=g), None, ())
+                            for g in (8, 2))
+    shifted = x.at[..., :2].add(5.0)  # two channels of a 4-channel group made brighter than the others
+    np.testing.assert_allclose(per_channel(shifted), per_channel(x), atol=1e-4)  # the offset is gone
+    assert not np.allclose(grouped(shifted), grouped(x), atol=1e-2)
+    np.testing.assert_allclose(narrow.decode(narrow.encode(jnp.ones((1, 4, 8, 8)))[0]).shape, (1, 4, 8, 8))

@@ -82,7 +82,13 @@ class Conv(nnx.Module):
 
 
 class GroupNorm(nnx.Module):
-    """GroupNorm over NHWC with statistics in fp32; gcd(32, channels) groups."""
+    """GroupNorm over NHWC with statistics in fp32; gcd(groups, channels) groups.
+
+    A group of one channel is an instance norm: it erases each channel's
+    per-image mean, so a narrow autoencoder (``ch`` <= 32 with the release's 32
+    groups) can no longer carry an image's overall brightness through its
+    normalised path. ``tokenizer.norm_groups`` keeps several channels per group.
+    """
 
     def __init__(self, channels, *, rngs, groups=32, eps=1e-6):
         self.groups = math.gcd(groups, channels)
@@ -102,10 +108,10 @@ class GroupNorm(nnx.Module):
 class ResnetBlock(nnx.Module):
     """norm -> SiLU -> conv, twice, plus a (1x1-projected when widths differ) skip."""
 
-    def __init__(self, cin, cout, *, rngs, dtype=jnp.float32):
-        self.norm1 = GroupNorm(cin, rngs=rngs)
+    def __init__(self, cin, cout, *, rngs, dtype=jnp.float32, groups=32):
+        self.norm1 = GroupNorm(cin, rngs=rngs, groups=groups)
         self.conv1 = Conv(cin, cout, rngs=rngs, dtype=dtype)
-        self.norm2 = GroupNorm(cout, rngs=rngs)
+        self.norm2 = GroupNorm(cout, rngs=rngs, groups=groups)
         self.conv2 = Conv(cout, cout, rngs=rngs, dtype=dtype)
         self.nin_shortcut = Conv(cin, cout, 1, rngs=rngs, dtype=dtype) if cin != cout else None
 
@@ -119,8 +125,8 @@ class ResnetBlock(nnx.Module):
 class AttnBlock(nnx.Module):
     """Single-head self-attention over all positions (1x1-conv projections)."""
 
-    def __init__(self, c, *, rngs, dtype=jnp.float32):
-        self.norm = GroupNorm(c, rngs=rngs)
+    def __init__(self, c, *, rngs, dtype=jnp.float32, groups=32):
+        self.norm = GroupNorm(c, rngs=rngs, groups=groups)
         self.q, self.k, self.v, self.proj_out = (Conv(c, c, 1, rngs=rngs, dtype=dtype) for _ in range(4))
 
     def __call__(self, x):
@@ -156,10 +162,10 @@ class Upsample(nnx.Module):
 class Mid(nnx.Module):
     """resnet, attention, resnet at the lowest resolution."""
 
-    def __init__(self, c, *, rngs, dtype=jnp.float32):
-        self.block_1 = ResnetBlock(c, c, rngs=rngs, dtype=dtype)
-        self.attn_1 = AttnBlock(c, rngs=rngs, dtype=dtype)
-        self.block_2 = ResnetBlock(c, c, rngs=rngs, dtype=dtype)
+    def __init__(self, c, *, rngs, dtype=jnp.float32, groups=32):
+        self.block_1 = ResnetBlock(c, c, rngs=rngs, dtype=dtype, groups=groups)
+        self.attn_1 = AttnBlock(c, rngs=rngs, dtype=dtype, groups=groups)
+        self.block_2 = ResnetBlock(c, c, rngs=rngs, dtype=dtype, groups=groups)
 
     def __call__(self, x):
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -182,19 +188,20 @@ class Level(nnx.Module):
 
 class Encoder(nnx.Module):
     def __init__(self, in_channels, ch, ch_mult, num_res_blocks, z_channels, double_z=True, *, rngs,
-                 dtype=jnp.float32):
+                 dtype=jnp.float32, groups=32):
         self.conv_in = Conv(in_channels, ch, rngs=rngs, dtype=dtype)
         levels, cin = [], ch
         for i, mult in enumerate(ch_mult):
             cout = ch * mult
-            blocks = [ResnetBlock(cin if j == 0 else cout, cout, rngs=rngs, dtype=dtype) for j in range(num_res_blocks)]
+            blocks = [ResnetBlock(cin if j == 0 else cout, cout, rngs=rngs, dtype=dtype, groups=groups)
+                      for j in range(num_res_blocks)]
             last = i == len(ch_mult) - 1
             levels.append(Level(blocks, None if last else "downsample",
                                 None if last else Downsample(cout, rngs=rngs, dtype=dtype)))
             cin = cout
         self.down = nnx.List(levels)
-        self.mid = Mid(cin, rngs=rngs, dtype=dtype)
-        self.norm_out = GroupNorm(cin, rngs=rngs)
+        self.mid = Mid(cin, rngs=rngs, dtype=dtype, groups=groups)
+        self.norm_out = GroupNorm(cin, rngs=rngs, groups=groups)
         self.conv_out = Conv(cin, 2 * z_channels if double_z else z_channels, rngs=rngs, dtype=dtype)
 
     def __call__(self, x):
@@ -205,19 +212,20 @@ class Encoder(nnx.Module):
 
 
 class Decoder(nnx.Module):
-    def __init__(self, out_channels, ch, ch_mult, num_res_blocks, z_channels, *, rngs, dtype=jnp.float32):
+    def __init__(self, out_channels, ch, ch_mult, num_res_blocks, z_channels, *, rngs, dtype=jnp.float32,
+                 groups=32):
         cin = ch * ch_mult[-1]
         self.conv_in = Conv(z_channels, cin, rngs=rngs, dtype=dtype)
-        self.mid = Mid(cin, rngs=rngs, dtype=dtype)
+        self.mid = Mid(cin, rngs=rngs, dtype=dtype, groups=groups)
         levels = [None] * len(ch_mult)
         for i in reversed(range(len(ch_mult))):  # built top-down, indexed like the encoder
             cout = ch * ch_mult[i]
-            blocks = [ResnetBlock(cin if j == 0 else cout, cout, rngs=rngs, dtype=dtype)
+            blocks = [ResnetBlock(cin if j == 0 else cout, cout, rngs=rngs, dtype=dtype, groups=groups)
                       for j in range(num_res_blocks + 1)]
             levels[i] = Level(blocks, "upsample" if i else None, Upsample(cout, rngs=rngs, dtype=dtype) if i else None)
             cin = cout
         self.up = nnx.List(levels)
-        self.norm_out = GroupNorm(cin, rngs=rngs)
+        self.norm_out = GroupNorm(cin, rngs=rngs, groups=groups)
         self.conv_out = Conv(cin, out_channels, rngs=rngs, dtype=dtype)
 
     def features(self, z):
@@ -243,13 +251,15 @@ class AutoencoderKL(nnx.Module):
     """KL autoencoder: ``encode`` -> (mean, logvar), ``decode`` -> pixels or logits (NCHW)."""
 
     def __init__(self, in_channels, out_channels, *, ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2,
-                 z_channels=8, rngs: nnx.Rngs, dtype=jnp.float32):
+                 z_channels=8, rngs: nnx.Rngs, dtype=jnp.float32, norm_groups=32):
         self.z_channels = z_channels
         self.downsample = 2 ** (len(ch_mult) - 1)
-        self.encoder = Encoder(in_channels, ch, tuple(ch_mult), num_res_blocks, z_channels, rngs=rngs, dtype=dtype)
+        self.encoder = Encoder(in_channels, ch, tuple(ch_mult), num_res_blocks, z_channels, rngs=rngs, dtype=dtype,
+                               groups=norm_groups)
         self.quant_conv = Conv(2 * z_channels, 2 * z_channels, 1, rngs=rngs, dtype=dtype)
         self.post_quant_conv = Conv(z_channels, z_channels, 1, rngs=rngs, dtype=dtype)
-        self.decoder = Decoder(out_channels, ch, tuple(ch_mult), num_res_blocks, z_channels, rngs=rngs, dtype=dtype)
+        self.decoder = Decoder(out_channels, ch, tuple(ch_mult), num_res_blocks, z_channels, rngs=rngs, dtype=dtype,
+                               groups=norm_groups)
 
     def moments_nhwc(self, x):
         moments = self.quant_conv(self.encoder(x)).astype(jnp.float32)
@@ -310,4 +320,5 @@ def autoencoder_from_config(tcfg, modality: Modality, rngs: nnx.Rngs) -> Autoenc
                          f"{modality.latent_channels} channels; set tokenizer.z_channels=0 to follow the registry")
     channels = modality.pixel_shape[0]
     return AutoencoderKL(channels, channels, ch=tcfg.ch, ch_mult=ch_mult, num_res_blocks=tcfg.num_res_blocks,
-                         z_channels=z, rngs=rngs, dtype=jnp.dtype(tcfg.get("dtype", "float32")))
+                         z_channels=z, rngs=rngs, dtype=jnp.dtype(tcfg.get("dtype", "float32")),
+                         norm_groups=tcfg.get("norm_groups", 32))
