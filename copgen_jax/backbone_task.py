@@ -15,7 +15,7 @@ from copgen_jax.seeded_source import SeededSource
 
 
 class BackboneTask:
-    """ε-prediction with an independent timestep per sample and per modality."""
+    """ε- (or v-) prediction with an independent timestep per sample and per modality."""
 
     def __init__(self, cfg, registry: Registry | None = None):
         self.cfg = cfg
@@ -42,7 +42,8 @@ class BackboneTask:
         noisy = {n: self.schedule.q_sample(latents[n], timesteps[n], noise[n]) for n in names}
         pred = model(noisy, timesteps, present)
         targets = {n: present[n] & ~clean[n] for n in names}
-        total, per_mod = diffusion_loss(pred, noise, targets)
+        wanted = {n: self.schedule.target(latents[n], timesteps[n], noise[n]) for n in names}
+        total, per_mod = diffusion_loss(pred, wanted, targets)
         return total, {f"loss/{n}": v for n, v in per_mod.items()}
 
     def _conditions(self, present, rng):

@@ -36,6 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.diffusion.num_steps = 1000
     c.diffusion.beta_start = 0.00085
     c.diffusion.beta_end = 0.012
+    c.diffusion.prediction = "eps"  # "eps" (the release's) or "v" (well scaled at every timestep)
     # Probability of marking each (sample, modality) absent during training;
     # absent modalities are masked out of attention and carry no loss.
     c.diffusion.modality_dropout = 0.0

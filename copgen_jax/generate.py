@@ -249,13 +249,17 @@ class CopGen:
         def run(params, key, cond):
             model = nnx.merge(graphdef, params)
 
-            def eps_fn(latents, timesteps, present):
-                jax.debug.callback(self._tick, timesteps[generate[0]][0])
+            def network(latents, timesteps, present):
                 if absent != "mask":  # every modality in the sequence is present: no mask needed
                     return model(latents, timesteps)
                 full = {n: latents.get(n, jnp.zeros((rows, *shapes[n]), jnp.float32)) for n in shapes}
                 t = {n: timesteps.get(n, jnp.zeros((rows,), jnp.int32)) for n in shapes}
                 return model(full, t, present)
+
+            def eps_fn(latents, timesteps, present):
+                jax.debug.callback(self._tick, timesteps[generate[0]][0])
+                out = network(latents, timesteps, present)
+                return {n: self.schedule.eps(out[n], latents[n], timesteps[n]) for n in generate}
 
             return samplers.sample(eps_fn, self.schedule, key, shapes=shapes, batch=rows, conditions=cond,
                                    generate=generate, absent="noise" if absent == "noise" else "drop",

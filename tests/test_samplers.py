@@ -243,3 +243,35 @@ def test_errors(kwargs, match):
     kwargs = {"generate": ("b",), **kwargs}
     with pytest.raises(ValueError, match=match):
         run(kwargs.pop("generate"), kwargs.pop("conditions", None), **kwargs)
+
+
+def test_v_prediction_converts_to_the_same_eps():
+    """A v-predicting network, read through ``Schedule.eps``, samples the exact conditional too."""
+    v_sched = Schedule(prediction="v")
+    exact = gaussian_eps_fn()
+
+    def v_network(latents, timesteps, present):  # what an exact v-model outputs: a·ε - s·x0
+        eps = exact(latents, timesteps, present)
+        out = {}
+        for n, x in latents.items():
+            a, s = v_sched.coefficients(timesteps[n])
+            a, s = a.reshape((-1,) + (1,) * (x.ndim - 1)), s.reshape((-1,) + (1,) * (x.ndim - 1))
+            x0 = (x - s * eps[n]) / a
+            out[n] = a * eps[n] - s * x0
+        return out
+
+    def eps_fn(latents, timesteps, present):
+        out = v_network(latents, timesteps, present)
+        return {n: v_sched.eps(out[n], latents[n], timesteps[n]) for n in out}
+
+    a = draw_a()
+    out = run(("b",), {"a": a}, eps_fn=eps_fn)
+    m, s = moments(out["b"] - SLOPE * a - OFFSET)
+    assert abs(m) < 0.035 and abs(s - NOISE) < 0.05, (m, s)
+    x0, eps = draw_a(1), draw_a(2)
+    n = jnp.arange(1, BATCH + 1) % N + 1
+    x_n = v_sched.q_sample(x0, n, eps)
+    np.testing.assert_allclose(v_sched.eps(v_sched.target(x0, n, eps), x_n, n), eps, atol=2e-5)
+    assert Schedule().target(x0, n, eps) is eps
+    with pytest.raises(ValueError, match="prediction"):
+        Schedule(prediction="x0")
