@@ -11,8 +11,9 @@ generated and compared with the real generated modalities:
   class maps   accuracy and mIoU of the per-pixel mode; disagreement between samples
   scalars      great-circle error (lat/lon) or day error (date) of the mean
 
-Written to ``<workdir>/report/``: ``metrics.json``, ``report.md``, one PNG sheet and
-the GeoTIFFs (every sample and statistic, georeferenced) per task.
+Written to ``<workdir>/report/``: ``metrics.json``, ``report.md`` and, per task, one
+PNG sheet per footprint (``sheet_<i>.png``) and the GeoTIFFs of the first footprint
+(every sample and statistic, georeferenced).
 """
 from __future__ import annotations
 
@@ -35,14 +36,20 @@ def parse_task(task: str) -> tuple[list[str], list[str]]:
 
 
 def pick_footprints(groups: dict, names: list[str], count: int) -> list[dict]:
-    """One complete observation from each of the first ``count`` locations that have ``names``."""
-    chosen = []
-    for records in groups.values():
+    """One complete observation from each of ``count`` locations that have ``names``.
+
+    Locations of different cells come first (round robin over cells), so the
+    report spans as many held-out landscapes as it can.
+    """
+    per_cell: dict[str, list[dict]] = {}
+    for (cell, _, _), records in groups.items():
         complete = [r for r in records if all(n in r["pixels"] for n in names)]
         if complete:
-            chosen.append(complete[0])
-        if len(chosen) == count:
-            break
+            per_cell.setdefault(cell, []).append(complete[0])
+    chosen, depth = [], 0
+    while len(chosen) < count and any(len(v) > depth for v in per_cell.values()):
+        chosen += [v[depth] for v in per_cell.values() if len(v) > depth][:count - len(chosen)]
+        depth += 1
     return chosen
 
 
@@ -90,7 +97,8 @@ def run_task(copgen, registry: Registry, task: str, groups: dict, p, out_dir: st
     first = chosen[0]
     footprint = geo.Footprint.from_grid(first["crs"], first["transform"], _base_pixels(registry))
     geo.write_generation(os.path.join(out_dir, "geotiff"), gen, footprint, item=0)
-    _sheet(gen, first, os.path.join(out_dir, "sheet.png"))
+    for i, record in enumerate(chosen):
+        _sheet(gen, record, i, os.path.join(out_dir, f"sheet_{i}.png"))
     return result
 
 
@@ -100,12 +108,12 @@ def _base_pixels(registry: Registry) -> int:
     return finest.size
 
 
-def _sheet(gen, record, path):
+def _sheet(gen, record, item, path):
     try:
         from copgen_jax import visualize
     except ImportError:
         return
-    visualize.save_sheet(path, gen, item=0, truth={n: record["pixels"][n] for n in gen.samples})
+    visualize.save_sheet(path, gen, item=item, truth={n: record["pixels"][n] for n in gen.samples})
 
 
 def write_report(cfg, workdir, out) -> dict:

@@ -61,7 +61,12 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def _locations(groups: dict, cells: int) -> list:
-    keys = list(groups)
+    """``cells`` footprint locations (all when 0), one per held-out cell before a second from any."""
+    per_cell: dict = {}
+    for key in groups:
+        per_cell.setdefault(key[0], []).append(key)
+    depth = max((len(v) for v in per_cell.values()), default=0)
+    keys = [v[i] for i in range(depth) for v in per_cell.values() if i < len(v)]
     return keys[:cells] if cells else keys
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from copgen_jax import evaluate
-from copgen_jax.evaluate_bench import Settings, narrowing_levels, summarise
+from copgen_jax.evaluate_bench import Settings, _locations, narrowing_levels, summarise
 from copgen_jax.evaluate_data import Group, eval_units, resolve
 from copgen_jax.footprint_records import by_location, read_footprints
 from copgen_jax.modalities import build_registry, registry_from_config
@@ -79,6 +79,13 @@ def test_evaluation_units():
     np.testing.assert_allclose(s1, [0.0, -10.0, -50.0, -50.0, 10.0])  # dB clipped to [-50, 10]
     np.testing.assert_array_equal(eval_units(reg[LULC], np.array([[[0, 1, 11]]])), [[0, 1, 9]])
     np.testing.assert_array_equal(eval_units(reg[DEM], np.array([[[-3.0, 812.5]]])), [[[-3.0, 812.5]]])
+
+
+def test_locations_span_held_out_cells_first():
+    groups = {(cell, r, c): [] for cell in ("a", "b", "c") for r in (0, 1) for c in (0, 1)}
+    assert _locations(groups, 3) == [("a", 0, 0), ("b", 0, 0), ("c", 0, 0)]
+    assert _locations(groups, 4)[-1] == ("a", 0, 1)
+    assert sorted(_locations(groups, 0)) == sorted(groups)
 
 
 def test_summarise_ignores_non_finite_values():

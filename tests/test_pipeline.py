@@ -44,7 +44,7 @@ def test_every_stage_leaves_its_output(tiny_demo):
     values = task["metrics"]["S2L2A_B02_B03_B04_B08"]
     assert np.isfinite(list(values.values())).all()
     task_dir = next((workdir / "report").glob("task_0_*"))
-    assert (task_dir / "sheet.png").exists()
+    assert (task_dir / "sheet_0.png").exists()
     assert len(list((task_dir / "geotiff" / "S2L2A_B02_B03_B04_B08").glob("sample_*.tif"))) == 2
 
 
@@ -54,3 +54,15 @@ def test_rerun_skips_finished_stages(tiny_demo):
     timings = run_pipeline(cfg, workdir)
     assert os.path.getmtime(workdir / "report" / "metrics.json") == before
     assert sum(timings.values()) < 30, timings  # nothing retrained, re-encoded or resampled
+
+
+def test_report_footprints_span_cells_first():
+    from copgen_jax.demo_report import pick_footprints
+
+    def rec(cell, r, c, names):
+        return {"key": f"{cell}/{r}_{c}", "pixels": dict.fromkeys(names)}
+    groups = {(cell, r, c): [rec(cell, r, c, ("a", "b") if cell != "y" else ("a",))]
+              for cell in ("x", "y", "z") for r in (0, 1) for c in (0,)}
+    keys = [r["key"] for r in pick_footprints(groups, ["a", "b"], 3)]
+    assert keys == ["x/0_0", "z/0_0", "x/1_0"]  # cell y lacks "b"; a second location only after every cell
+    assert len(pick_footprints(groups, ["a"], 10)) == 6
