@@ -50,7 +50,8 @@ def load_config(name):
 def tokenizer_sizes(cfg) -> dict:
     if cfg.get("pipeline") and cfg.pipeline.get("tokenizer"):
         t = cfg.pipeline.tokenizer.model
-        return dict(ch=t.ch, ch_mult=tuple(t.ch_mult), num_res_blocks=t.num_res_blocks)
+        return dict(ch=t.ch, ch_mult=tuple(t.ch_mult), num_res_blocks=t.num_res_blocks,
+                    norm_groups=t.get("norm_groups", 32))
     return dict(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2)
 
 

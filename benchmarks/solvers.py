@@ -1,0 +1,93 @@
+"""DPM-Solver++ at few steps against DDIM at 50, on a trained run's report tasks.
+
+Every task of the run's ``pipeline.tasks`` is sampled on the same held-out footprints
+with the same seed (``copgen_jax.demo_report.run_task``) under each solver setting, and
+the report's metrics are tabulated side by side with the wall time of the setting.
+
+    python benchmarks/solvers.py --workdir=runs/demo --out=benchmarks/results/solvers.json
+
+Sample metrics have Monte-Carlo noise (8 samples on 4 footprints by default): settings
+agree when their differences are of the size of that noise, which the table shows as
+the spread between two DDIM-50 runs with different seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from copgen_jax import checkpoint, demo_report  # noqa: E402
+from copgen_jax.footprint_records import by_location, read_footprints  # noqa: E402
+
+# (label, sampler, steps, seed): the reference, a second seed of it, the contender, and DDIM
+# at the contender's budget.
+SETTINGS = (("ddim50", "ddim", 50, 0), ("ddim50 seed 1", "ddim", 50, 1),
+            ("dpm++20", "dpm++", 20, 0), ("ddim20", "ddim", 20, 0))
+HEADLINE = ("mae", "crps", "interval_coverage_5_95", "spread", "accuracy", "miou")
+
+
+def run_setting(copgen, cfg, groups, sampler, steps, seed) -> tuple[dict, float]:
+    p = cfg.pipeline.copy_and_resolve_references()
+    p.sampler, p.sample_steps, p.seed = sampler, steps, seed
+    results, start = {}, time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        for i, task in enumerate(p.tasks):
+            results[task] = demo_report.run_task(copgen, copgen.registry, task, groups, p,
+                                                 os.path.join(scratch, str(i)))
+    return results, time.perf_counter() - start
+
+
+def rows(per_setting: dict) -> list[tuple]:
+    """(task, modality, metric, value per setting) for every headline metric."""
+    first = next(iter(per_setting.values()))
+    out = []
+    for task, result in first.items():
+        for name, metrics in result.get("metrics", {}).items():
+            for metric in HEADLINE:
+                if metric in metrics:
+                    out.append((task, name, metric,
+                                [per_setting[label][task]["metrics"][name][metric] for label in per_setting]))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="a finished pipeline run (configs/demo.py)")
+    parser.add_argument("--out", default="benchmarks/results/solvers.json")
+    args = parser.parse_args(argv)
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()  # Grain reads absl flags
+    from copgen_jax.generate import CopGen
+    cfg = checkpoint.load_config(args.workdir)
+    copgen = CopGen.load(args.workdir)
+    groups = by_location(read_footprints(os.path.join(args.workdir, "data", "pixels"), copgen.registry, "test"))
+    per_setting, seconds = {}, {}
+    for label, sampler, steps, seed in SETTINGS:
+        per_setting[label], seconds[label] = run_setting(copgen, cfg, groups, sampler, steps, seed)
+        print(f"{label}: {seconds[label]:.1f} s", flush=True)
+    table = rows(per_setting)
+    labels = list(per_setting)
+    print(f"\n{'task':44s} {'modality':24s} {'metric':24s} " + " ".join(f"{lbl:>14s}" for lbl in labels))
+    for task, name, metric, values in table:
+        print(f"{task[:44]:44s} {name[:24]:24s} {metric:24s} " + " ".join(f"{v:14.4g}" for v in values))
+    print(f"{'wall time (s), all tasks':94s} " + " ".join(f"{seconds[lbl]:14.1f}" for lbl in labels))
+    report = {"workdir": os.path.abspath(args.workdir), "step": checkpoint.latest_step(args.workdir),
+              "settings": [dict(zip(("label", "sampler", "steps", "seed"), s)) for s in SETTINGS],
+              "seconds": seconds, "host": f"{platform.machine()}, {os.cpu_count()} cores",
+              "n_samples": cfg.pipeline.n_samples, "footprints": cfg.pipeline.footprints,
+              "rows": [dict(task=t, modality=n, metric=m, values=dict(zip(labels, v))) for t, n, m, v in table]}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
