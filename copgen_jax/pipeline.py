@@ -52,7 +52,8 @@ def stage_data(cfg, workdir, registry: Registry) -> None:
 
 
 def tokenizer_config(cfg, name: str, pixels: str) -> ml_collections.ConfigDict:
-    """The tokenizer run for ``name``: the demo's registry, ``cfg.pipeline.tokenizer`` sizes, pixel shards."""
+    """The tokenizer run for ``name``: the demo's registry, ``cfg.pipeline.tokenizer`` sizes (with
+    ``tokenizer.per_modality[name]`` over them), pixel shards."""
     from copgen_jax.defaults import default_config
     from copgen_jax.tokenizer_task import tokenizer_config as defaults
     t = cfg.pipeline.tokenizer
@@ -61,6 +62,7 @@ def tokenizer_config(cfg, name: str, pixels: str) -> ml_collections.ConfigDict:
     c.modalities = ml_collections.ConfigDict(cfg.modalities.to_dict())
     c.tokenizer = defaults()
     c.tokenizer.update(t.model.to_dict())
+    c.tokenizer.update(t.get("per_modality", {}).get(name, {}))  # e.g. DEM's own norm groups
     c.tokenizer.modality = name
     c.optim.update(t.optim.to_dict())
     c.train.update(t.train.to_dict())

@@ -66,3 +66,15 @@ def test_report_footprints_span_cells_first():
     keys = [r["key"] for r in pick_footprints(groups, ["a", "b"], 3)]
     assert keys == ["x/0_0", "z/0_0", "x/1_0"]  # cell y lacks "b"; a second location only after every cell
     assert len(pick_footprints(groups, ["a"], 10)) == 6
+
+
+def test_tokenizer_settings_per_modality():
+    import ml_collections
+
+    from copgen_jax.pipeline import tokenizer_config
+    cfg = demo.get_config()
+    cfg.pipeline.tokenizer.model.norm_groups = 4
+    cfg.pipeline.tokenizer.per_modality = ml_collections.ConfigDict({"DEM_DEM": {"norm_groups": 2}})
+    dem, lulc = (tokenizer_config(cfg, n, "pixels").tokenizer for n in ("DEM_DEM", "LULC_LULC"))
+    assert (dem.modality, dem.norm_groups, lulc.modality, lulc.norm_groups) == ("DEM_DEM", 2, "LULC_LULC", 4)
+    assert dem.ch == lulc.ch == cfg.pipeline.tokenizer.model.ch
