@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -111,6 +112,9 @@ def add_job_args(parser: argparse.ArgumentParser, workdir_help: str) -> None:
 
 def cli(main) -> None:
     """Run ``main()`` and turn LaunchError / Ctrl-C into a clear message and exit code."""
+    # A parent that ignores SIGINT (a script's background job) passes that on; the launchers
+    # clean up on Ctrl-C (``all`` deletes its slice), so they always take it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         sys.exit(main())
     except LaunchError as e:

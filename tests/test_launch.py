@@ -190,8 +190,10 @@ def test_all_recreates_a_preempted_slice(tmp_path):
 
 def test_all_deletes_the_slice_on_ctrl_c(tmp_path):
     env = fake_gcloud_env(tmp_path, "ACTIVE", "copgen-status running step 7")
+    # Started with SIGINT ignored, as a script's background job is: the launcher still takes Ctrl-C.
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch", ALL[0]), *ALL[1:]], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         # Interrupt once the job has been polled twice (one progress line was printed).
         calls = tmp_path / "calls"
