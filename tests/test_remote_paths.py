@@ -7,21 +7,13 @@ import uuid
 import fsspec
 import numpy as np
 import pytest
-from test_data import CFG, REG, latent_cell
+from test_data import CFG, REG, latent_dir  # noqa: F401 - latent_dir: the local shard set (a fixture)
 
-from copgen_jax import checkpoint, data, fileio, shard_writer, shards, tfrecord
+from copgen_jax import checkpoint, data, fileio, shard_writer, tfrecord
 from copgen_jax.backbone_task import latent_shards
 from copgen_jax.metrics_log import MetricLogger
 
 MEM = fsspec.filesystem("memory")
-
-
-@pytest.fixture(scope="module")
-def local_set(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("latents"))
-    shard_writer.build_shards(out, [f"c{k}" for k in range(4)], latent_cell, registry=REG, kind=shards.LATENTS,
-                              name="lat", progress=False)
-    return out
 
 
 @pytest.fixture()
@@ -33,10 +25,10 @@ def remote_root():
 
 
 @pytest.fixture()
-def remote_set(local_set, remote_root):
+def remote_set(latent_dir, remote_root):
     """A copy of the built set on memory:// (as a finished set is copied to a bucket)."""
     remote = f"{remote_root}/lat"
-    MEM.put(local_set, remote, recursive=True)
+    MEM.put(latent_dir, remote, recursive=True)
     return remote
 
 
@@ -44,14 +36,14 @@ def _names(paths):
     return [p.rsplit("/", 1)[-1] for p in paths]
 
 
-def test_resolve_directory_and_glob(local_set, remote_set):
-    local = shard_writer.resolve_shards(local_set)
+def test_resolve_directory_and_glob(latent_dir, remote_set):
+    local = shard_writer.resolve_shards(latent_dir)
     from_dir = shard_writer.resolve_shards(remote_set)
     assert from_dir == [f"{remote_set}/{n}" for n in _names(local)]
     from_glob = shard_writer.resolve_shards(f"{remote_set}/lat-train.tfrecord-*")
     assert all(p.startswith("memory://") for p in from_glob)
     assert _names(from_glob) == [os.path.basename(p) for p in sorted(local)]
-    assert shard_writer.load_manifest(remote_set) == shard_writer.load_manifest(local_set)
+    assert shard_writer.load_manifest(remote_set) == shard_writer.load_manifest(latent_dir)
     assert shard_writer.verify(remote_set)["records"]["train"] == 20  # sha256 of every remote shard
     with pytest.raises(FileNotFoundError, match=r"memory://.*/nothing/manifest.json not found"):
         shard_writer.load_manifest(remote_set.replace("/lat", "/nothing"))
@@ -59,8 +51,8 @@ def test_resolve_directory_and_glob(local_set, remote_set):
         shard_writer.resolve_shards(f"{remote_set}/*.missing")
 
 
-def test_reader_checks_crc_and_resumes_from_offset(local_set, remote_set):
-    local, remote = shard_writer.shard_files(local_set)[0], shard_writer.shard_files(remote_set)[0]
+def test_reader_checks_crc_and_resumes_from_offset(latent_dir, remote_set):
+    local, remote = shard_writer.shard_files(latent_dir)[0], shard_writer.shard_files(remote_set)[0]
     expected = list(tfrecord.read_records(local))
     assert list(tfrecord.read_records(remote)) == expected
     with tfrecord.TFRecordReader(remote) as r:
@@ -82,11 +74,11 @@ def test_writer_to_remote(remote_root):
     assert list(tfrecord.read_records(path)) == records
 
 
-def test_grain_pipeline_same_batches_and_resume(local_set, remote_set):
+def test_grain_pipeline_same_batches_and_resume(latent_dir, remote_set):
     def it(spec):
         return data.make_latent_iterator(CFG, REG, shard_writer.resolve_shards(spec), batch_size=4, seed=0)
 
-    local, remote = it(local_set), it(remote_set)
+    local, remote = it(latent_dir), it(remote_set)
     for _ in range(3):
         a, b = next(local), next(remote)
         for name in REG.names:
