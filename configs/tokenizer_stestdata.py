@@ -21,6 +21,7 @@ def get_config():
     c.tokenizer = tokenizer_config()
     c.tokenizer.modality = "S2L1C_B02_B03_B04_B08"
     c.tokenizer.ch = 32
+    c.tokenizer.norm_groups = 8  # 4 channels per group at ch 32: per-channel norms erase brightness
     c.tokenizer.num_res_blocks = 1
     c.tokenizer.disc_layers = 0  # 80 training footprints: too few for a GAN to help
     c.optim.lr = 1e-3
