@@ -4,6 +4,12 @@ MFU = model FLOP/s achieved / the machine's measured matmul ceiling (a large
 jitted f32 matmul on the same devices), so the number says how close the step
 gets to what this hardware can do, not to a datasheet.
 
+With ``--breakdown`` it also times the forward pass and forward + backward
+alone, and the step's own matmuls (every forward product of a block, and the
+two products its backward adds, at their real shapes) one by one: their sum is
+the time the step would take if nothing but its matmuls cost anything, so
+``matmul_bound_mfu`` is the most MFU these shapes allow on this machine.
+
   python benchmarks/train_step.py --config=configs/base.py \
       --config.model.hidden=384 --config.model.depth=12 --config.model.heads=6 \
       --config.train.global_batch=4 --steps=5 --out=benchmarks/results/train_step.json
@@ -25,11 +31,13 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from copgen_jax import parallel  # noqa: E402
 from copgen_jax.backbone_task import BackboneTask  # noqa: E402
 from copgen_jax.train import Trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "Config to benchmark.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
+_BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time forward, forward+backward and the step's matmuls.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/train_step.json", "Where to write the JSON.")
 
 
@@ -45,6 +53,61 @@ def matmul_ceiling(n=2048, repeats=10) -> float:
         f(x).block_until_ready()
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 * devices / min(times)
+
+
+def _best_seconds(f, *args, repeats=5) -> float:
+    jax.block_until_ready(f(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def block_matmuls(cfg, registry) -> list[tuple[str, int, int, int, int, int]]:
+    """(name, count per step, batch, m, k, n) of every matmul of one training step.
+
+    A forward product (m, k) x (k, n) brings two backward ones: (m, n) x (n, k)
+    for the input's gradient and (k, m) x (m, n) for the weight's.
+    """
+    d, depth, heads, r = cfg.model.hidden, cfg.model.depth, cfg.model.heads, cfg.model.mlp_ratio
+    b, t, hd = cfg.train.global_batch, registry.num_tokens, d // heads
+    blocks, skips = 2 * (depth // 2) + 1, depth // 2
+    forward = [("qkv", blocks, 1, b * t, d, 3 * d), ("q k^T", blocks, b * heads, t, hd, t),
+               ("weights v", blocks, b * heads, t, t, hd), ("proj", blocks, 1, b * t, d, d),
+               ("fc1", blocks, 1, b * t, d, r * d), ("fc2", blocks, 1, b * t, r * d, d),
+               ("skip", skips, 1, b * t, 2 * d, d)]
+    out = []
+    for name, count, batch, m, k, n in forward:
+        out += [(name, count, batch, m, k, n), (f"{name} dx", count, batch, m, n, k),
+                (f"{name} dw", count, batch, k, m, n)]
+    return out
+
+
+def matmul_bound(cfg, registry) -> tuple[float, list[dict]]:
+    """Seconds the step's matmuls take alone, summed, and one row per product."""
+    rows, total = [], 0.0
+    f = jax.jit(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b))
+    for name, count, batch, m, k, n in block_matmuls(cfg, registry):
+        seconds = _best_seconds(f, jnp.ones((batch, m, k)), jnp.ones((batch, k, n)))
+        total += count * seconds
+        rows.append({"matmul": name, "shape": f"{batch} x ({m} x {k}) x ({k} x {n})", "count": count,
+                     "ms": 1e3 * seconds, "gflop_per_s": 2 * batch * m * k * n / seconds / 1e9})
+    return total, rows
+
+
+def phase_seconds(trainer, batch) -> dict:
+    """Forward alone and forward + backward alone (no optimizer), best of 3."""
+    graphdef, state = nnx.split(trainer.state.model)
+    key = jax.random.key(0)
+
+    def loss(state):
+        with parallel.logical_rules(trainer.rules):
+            return trainer.task.loss(nnx.merge(graphdef, state), batch, key, 0)[0]
+    with parallel.use_mesh(trainer.mesh, trainer.rules):
+        return {"forward_s": _best_seconds(jax.jit(loss), state, repeats=3),
+                "forward_backward_s": _best_seconds(jax.jit(jax.grad(loss)), state, repeats=3)}
 
 
 def model_flops_per_step(cfg, registry) -> float:
@@ -98,9 +161,20 @@ def main(argv):
         "matmul_ceiling_flops_per_s": ceiling,
         "mfu": flops / median / ceiling,
     }
+    if _BREAKDOWN.value:
+        result.update(phase_seconds(trainer, batch))
+        bound, matmuls = matmul_bound(cfg, task.registry)
+        result["matmul_bound_s"] = bound
+        result["matmul_bound_mfu"] = flops / bound / ceiling
+        result["non_matmul_share"] = 1 - bound / median
     rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in result.items()]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    if _BREAKDOWN.value:
+        print(f"\n{'matmul':<14}{'shape':<34}{'count':>6}{'ms':>10}{'GFLOP/s':>10}")
+        for r in matmuls:
+            print(f"{r['matmul']:<14}{r['shape']:<34}{r['count']:>6}{r['ms']:>10.2f}{r['gflop_per_s']:>10.1f}")
+        result["matmuls"] = matmuls
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     with open(_OUT.value, "w") as f:
         json.dump(result, f, indent=2)
