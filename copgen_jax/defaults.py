@@ -30,6 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; "bfloat16" keeps fp32 master weights
     c.model.attention_dtype = "float32"  # softmax in fp32, as the release does
     c.model.remat = False  # rematerialise each block (gradient checkpointing)
+    c.model.pos_init = "random"  # positional table's start; "ground": + a 2-D code shared by all modalities
 
     # --- diffusion ------------------------------------------------------------
     c.diffusion = ml_collections.ConfigDict()

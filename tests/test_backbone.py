@@ -7,7 +7,7 @@ from flax import nnx
 
 from configs import base, huge, large, test as test_config
 from copgen_jax import parallel
-from copgen_jax.models.backbone import backbone_from_config, patchify, unpatchify
+from copgen_jax.models.backbone import backbone_from_config, ground_sincos, patchify, unpatchify
 from copgen_jax.modalities import registry_from_config
 
 
@@ -72,3 +72,34 @@ def test_presence_mask_equals_physical_removal(absent):
         # samples 0 and 2 see everything: equal the unmasked run
         np.testing.assert_allclose(masked[name][0], full[name][0], rtol=1e-5, atol=1e-5)
         assert not np.allclose(full[name][1], dropped[name][1], atol=1e-4)  # the modality does matter
+
+
+def _token_rows(reg, name):
+    start = len(reg) + sum(m.num_tokens for m in reg if m.name < name)
+    return np.arange(start, start + reg[name].num_tokens).reshape(reg[name].grid)
+
+
+def test_ground_code_is_shared_by_tokens_over_the_same_ground():
+    reg = registry_from_config(base.get_config())
+    code = ground_sincos(reg, 64)
+    s2, lulc = _token_rows(reg, "S2L2A_B02_B03_B04_B08"), _token_rows(reg, "LULC_LULC")
+    m20, m60 = _token_rows(reg, "S2L2A_B05_B06_B07_B11_B12_B8A"), _token_rows(reg, "S2L2A_B01_B09")
+    np.testing.assert_array_equal(code[s2], code[lulc])  # 10 m grids: token for token
+    np.testing.assert_allclose(code[m60[0, 0]], code[m20[1, 1]], atol=1e-6)  # both centred 3 S2 tokens in
+    np.testing.assert_allclose(code[m60[1, 0]], code[m20[4, 1]], atol=1e-6)
+    assert np.abs(code[s2[0, 0]] - code[s2[0, 1]]).max() > 0.1  # neighbours differ
+    assert not code[:len(reg)].any()  # time tokens have no place
+    assert not code[_token_rows(reg, "3d_cartesian_lat_lon").ravel()].any()
+
+
+def test_ground_initialised_positions_keep_the_parameter_count():
+    cfg = test_config.get_config()
+    reg = registry_from_config(cfg)
+    cfg.model.pos_init = "ground"
+    model = parallel.create_sharded(lambda: backbone_from_config(cfg, reg, nnx.Rngs(0)), None, ())
+    table = np.asarray(model.pos_embed[...])[0]
+    assert np.abs(table - ground_sincos(reg, cfg.model.hidden)).max() < 0.05  # code + trunc-normal(0.02)
+    assert count_params(cfg) == count_params(test_config.get_config())
+    cfg.model.pos_init = "sincos"
+    with pytest.raises(ValueError, match="pos_init='sincos'"):
+        parallel.abstract_model(lambda: backbone_from_config(cfg, reg, nnx.Rngs(0)))

@@ -149,6 +149,30 @@ def timestep_embedding(t, dim, max_period=10000.0):
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
+def ground_sincos(registry: Registry, dim: int, base: float = 10000.0) -> np.ndarray:
+    """(num_tokens, dim) 2-D sin-cos code of where each image token lies on the footprint.
+
+    Every image modality covers the same ground at its own resolution, so token
+    centres are placed on one frame (units: tokens of the finest grid) and a
+    10 m S2 token gets the code of the 20 m, 60 m or DEM tokens over the same
+    ground. Time rows and scalar tokens have no place: they get zeros.
+    """
+    if dim % 4:
+        raise ValueError(f"a ground position code needs hidden % 4 == 0, got {dim}")
+    finest = max((m.grid[0] for m in registry if not m.is_scalar), default=1)
+    freqs = base ** (-np.arange(dim // 4) / (dim // 4))
+    rows = [np.zeros((len(registry), dim))]
+    for m in registry:
+        if m.is_scalar:
+            rows.append(np.zeros((m.num_tokens, dim)))
+            continue
+        gh, gw = m.grid
+        y, x = np.meshgrid((np.arange(gh) + 0.5) * finest / gh, (np.arange(gw) + 0.5) * finest / gw, indexing="ij")
+        args = [c.reshape(-1, 1) * freqs for c in (y, x)]
+        rows.append(np.concatenate([f(a) for a in args for f in (np.sin, np.cos)], axis=1))
+    return np.concatenate(rows).astype(np.float32)
+
+
 def patchify(x, p):
     """(B, C, H, W) -> (B, (H/p)(W/p), p*p*C) in ``(h w) (p1 p2 C)`` order."""
     b, c, h, w = x.shape
@@ -163,18 +187,36 @@ def unpatchify(x, c, h, w, p):
     return x.transpose(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
 
 
+POS_INITS = ("random", "ground")
+
+
+def _pos_init(kind: str, registry: Registry, hidden: int):
+    """The learned positional table's start: small noise (the release), or noise plus the
+    ground code, so that tokens over the same ground start out alike across modalities
+    (short runs otherwise spend most of their steps learning that alignment)."""
+    if kind not in POS_INITS:
+        raise ValueError(f"model.pos_init={kind!r}: use one of {POS_INITS}")
+    if kind == "random":
+        return trunc_normal
+
+    def init(key, shape, dtype=jnp.float32):
+        return trunc_normal(key, shape, dtype) + jnp.asarray(ground_sincos(registry, hidden), dtype)[None]
+    return init
+
+
 class UViT(nnx.Module):
     """COP-GEN's U-ViT over the modalities of ``registry``."""
 
     def __init__(self, registry: Registry, *, hidden, depth, heads, mlp_ratio=4, rngs: nnx.Rngs,
-                 dtype=jnp.float32, attention_dtype=jnp.float32, remat=False):
+                 dtype=jnp.float32, attention_dtype=jnp.float32, remat=False, pos_init="random"):
         if hidden % heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
         self.registry, self.hidden, self.remat = registry, hidden, remat
         self.dtype = dtype
         block = functools.partial(Block, hidden, heads, mlp_ratio, rngs, dtype=dtype,
                                   attention_dtype=attention_dtype)
-        self.pos_embed = _param(rngs, trunc_normal, (1, registry.num_tokens, hidden), (None, "tokens", "embed"))
+        self.pos_embed = _param(rngs, _pos_init(pos_init, registry, hidden), (1, registry.num_tokens, hidden),
+                                (None, "tokens", "embed"))
         self.patch_embeds = nnx.List([
             Dense(m.patch_dim, hidden, ("patch", "embed"), rngs, init=_torch_default_uniform(m.patch_dim),
                   bias_init=_torch_default_uniform(m.patch_dim), dtype=dtype) for m in registry])
@@ -247,4 +289,4 @@ def backbone_from_config(cfg, registry: Registry, rngs: nnx.Rngs) -> UViT:
     mc = cfg.model
     return UViT(registry, hidden=mc.hidden, depth=mc.depth, heads=mc.heads, mlp_ratio=mc.mlp_ratio,
                 rngs=rngs, dtype=jnp.dtype(mc.dtype), attention_dtype=jnp.dtype(mc.attention_dtype),
-                remat=mc.remat)
+                remat=mc.remat, pos_init=mc.get("pos_init", "random"))
