@@ -165,6 +165,15 @@ class CopGen:
                         sampler=sampler, eta=eta, spacing=spacing, absent=absent, units=units)
         return Generation(samples, physical, latents, summary, footprints, self.registry, seed, settings)
 
+    def encode(self, conditions: Mapping, *, seed: int = 0, units: Mapping | None = None) -> dict:
+        """Physical-unit inputs (as ``generate`` takes them) -> the scaled latents the backbone sees."""
+        _, pixels, _ = self._read_conditions(dict(conditions), dict(units or {}))
+        return self._encode(pixels, jax.random.key(seed))
+
+    def network(self) -> nnx.Module:
+        """The backbone with the loaded parameters: ``network()(latents, timesteps)``."""
+        return nnx.merge(self._graphdef, self._params)
+
     # -- checks and conditions -----------------------------------------------------------
     def _check_request(self, generate, conditions, n_samples, absent, quantiles):
         known = ", ".join(self.registry.names)

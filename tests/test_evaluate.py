@@ -3,6 +3,7 @@ the three benchmarks for the diffusion model and the baseline, report files, ski
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from copgen_jax import evaluate
 from copgen_jax.evaluate_bench import Settings, _locations, narrowing_levels, summarise
 from copgen_jax.evaluate_data import Group, eval_units, resolve
 from copgen_jax.footprint_records import by_location, read_footprints
+from copgen_jax.generate import CopGen
 from copgen_jax.modalities import build_registry, registry_from_config
 from evaluate_fixtures import OBSERVATIONS, eval_run_dir, tiny_config
 
@@ -190,3 +192,32 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "choose from stochastic, tasks, narrowing" in capsys.readouterr().err
     args = evaluate.parse_args(["--workdir", "x", "--benchmark", "all", "--train-baseline-steps", "5"])
     assert args.benchmark == evaluate.BENCHMARKS and args.train_baseline_steps == 5 and args.model == "both"
+
+
+def test_conditioning_probe_scores_x0_with_and_without_conditions(run, tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import conditioning
+    out = tmp_path / "conditioning.json"
+    assert conditioning.main([f"--workdir={run}", f"--task={DEM}+{S1}->{LULC}", "--records=3",
+                              "--timesteps=1,1000", f"--out={out}"]) == 0
+    rows = {r["timestep"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {1, 1000} and all(r["modality"] == LULC for r in rows.values())
+    # at n = 1 the noisy latent is nearly x0 itself: any network recovers it
+    assert rows[1]["r2_alone"] > 0.9 and rows[1]["r2_given"] > 0.9
+    assert all(math.isfinite(r["gain"]) and r["gain"] == r["r2_given"] - r["r2_alone"] for r in rows.values())
+    assert rows[1000]["r2_alone"] < rows[1]["r2_alone"]
+    with pytest.raises(ValueError, match="no train record .* has all of nothing_here"):
+        conditioning.held_out(CopGen.load(run), os.path.join(run, "data", "pixels"), ["nothing_here"], 1, "train")
+
+
+def test_copgen_encode_gives_the_latents_the_network_takes(run):
+    cg = CopGen.load(run)
+    records = [r for r in read_footprints(os.path.join(run, "data", "pixels"), cg.registry, "test")
+               if DEM in r["pixels"] and LULC in r["pixels"]][:2]
+    latents = cg.encode({n: np.stack([r["pixels"][n] for r in records]) for n in (DEM, LULC)}, seed=3)
+    assert {n: z.shape for n, z in latents.items()} == {n: (2, *cg.registry[n].latent_shape) for n in (DEM, LULC)}
+    again = cg.encode({n: np.stack([r["pixels"][n] for r in records]) for n in (DEM, LULC)}, seed=3)
+    np.testing.assert_array_equal(latents[LULC], again[LULC])  # one posterior draw per seed
+    t = {n: np.zeros(2, np.int32) for n in latents}
+    out = cg.network()(latents, t)
+    assert {n: x.shape for n, x in out.items()} == {n: z.shape for n, z in latents.items()}
