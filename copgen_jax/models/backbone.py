@@ -193,7 +193,7 @@ POS_INITS = ("random", "ground")
 def _pos_init(kind: str, registry: Registry, hidden: int):
     """The learned positional table's start: small noise (the release), or noise plus the
     ground code, so that tokens over the same ground start out alike across modalities
-    (short runs otherwise spend most of their steps learning that alignment)."""
+    instead of having to learn that alignment."""
     if kind not in POS_INITS:
         raise ValueError(f"model.pos_init={kind!r}: use one of {POS_INITS}")
     if kind == "random":
