@@ -31,6 +31,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.attention_dtype = "float32"  # softmax in fp32, as the release does
     c.model.remat = False  # rematerialise each block (gradient checkpointing)
     c.model.pos_init = "random"  # positional table's start; "ground": + a 2-D code shared by all modalities
+    # > 0: attention logits minus a learned per-head slope (starting at this value, halving per
+    # head) times the ground distance between tokens, across modalities (2-D ALiBi). 0: the release.
+    c.model.ground_bias = 0.0
 
     # --- diffusion ------------------------------------------------------------
     c.diffusion = ml_collections.ConfigDict()

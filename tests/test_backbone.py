@@ -7,7 +7,7 @@ from flax import nnx
 
 from configs import base, huge, large, test as test_config
 from copgen_jax import parallel
-from copgen_jax.models.backbone import backbone_from_config, ground_sincos, patchify, unpatchify
+from copgen_jax.models.backbone import backbone_from_config, ground_distance, ground_sincos, patchify, unpatchify
 from copgen_jax.modalities import registry_from_config
 
 
@@ -22,8 +22,9 @@ def test_official_parameter_counts(module, expected):
     assert count_params(module.get_config()) == (expected, 834)
 
 
-def tiny():
+def tiny(**model_options):
     cfg = test_config.get_config()
+    cfg.model.update(model_options)
     reg = registry_from_config(cfg)
     model = parallel.create_sharded(lambda: backbone_from_config(cfg, reg, nnx.Rngs(0)), None, ())
     return cfg, reg, model
@@ -56,10 +57,10 @@ def test_forward_shapes_and_bad_input():
         model(bad, timesteps)
 
 
-@pytest.mark.parametrize("absent", ["DEM_DEM", "3d_cartesian_lat_lon"])
-def test_presence_mask_equals_physical_removal(absent):
+@pytest.mark.parametrize("absent,ground_bias", [("DEM_DEM", 0.0), ("3d_cartesian_lat_lon", 0.0), ("DEM_DEM", 2.0)])
+def test_presence_mask_equals_physical_removal(absent, ground_bias):
     """Masking a modality out of attention == running without its tokens at all."""
-    _, reg, model = tiny()
+    _, reg, model = tiny(ground_bias=ground_bias)
     latents, timesteps = inputs(reg)
     present = {m.name: jnp.array([True, m.name != absent, True]) for m in reg}
     masked = model(latents, timesteps, present)
@@ -103,3 +104,39 @@ def test_ground_initialised_positions_keep_the_parameter_count():
     cfg.model.pos_init = "sincos"
     with pytest.raises(ValueError, match="pos_init='sincos'"):
         parallel.abstract_model(lambda: backbone_from_config(cfg, reg, nnx.Rngs(0)))
+
+
+def test_ground_distance_is_zero_over_the_same_ground_across_modalities():
+    reg = registry_from_config(base.get_config())
+    dist = ground_distance(reg)
+    s2, lulc = _token_rows(reg, "S2L2A_B02_B03_B04_B08"), _token_rows(reg, "LULC_LULC")
+    m20, m60 = _token_rows(reg, "S2L2A_B05_B06_B07_B11_B12_B8A"), _token_rows(reg, "S2L2A_B01_B09")
+    np.testing.assert_array_equal(dist, dist.T)
+    assert dist[s2[2, 3], lulc[2, 3]] == 0 and dist[s2[2, 3], lulc[2, 4]] == 1 and dist[s2[0, 0], lulc[3, 4]] == 5
+    assert dist[m60[0, 0], m20[1, 1]] == 0 and dist[m60[0, 0], s2[2, 2]] == pytest.approx(0.5 ** 0.5)
+    scalar = _token_rows(reg, "3d_cartesian_lat_lon").ravel()
+    assert not dist[:len(reg)].any() and not dist[scalar].any()  # no place, no penalty
+
+
+def _sensitivity(model, reg, target, source):
+    """|d output[target] token (0, 0) / d input[source]| summed per source token: (grid_h, grid_w)."""
+    latents, timesteps = inputs(reg, batch=1)
+
+    def out00(x):
+        return model(dict(latents, **{source: x}), timesteps)[target][0, :, :2, :2].sum()
+    grad = np.abs(np.asarray(jax.grad(out00)(latents[source])))[0].sum(0)
+    p = reg[source].patch
+    return grad.reshape(grad.shape[0] // p, p, grad.shape[1] // p, p).sum((1, 3))
+
+
+def test_ground_bias_makes_a_fresh_model_look_at_the_same_ground():
+    """With the 2-D ALiBi penalty a token attends to the other modalities' tokens over its own
+    ground first: the prior that short runs need to follow their conditions."""
+    for bias, local in ((0.0, False), (4.0, True)):
+        _, reg, model = tiny(ground_bias=bias)
+        grid = _sensitivity(model, reg, "DEM_DEM", "S2L2A_B02_B03_B04_B08")
+        ratio = grid[1, 1] / grid[-1, -1]  # S2 token (1, 1) lies under DEM token (0, 0); (5, 5) far off
+        assert (ratio > 10) == local, (bias, ratio)
+    params = count_params(tiny(ground_bias=2.0)[0])[0] - count_params(tiny()[0])[0]
+    cfg = test_config.get_config()
+    assert params == (cfg.model.depth + 1) * cfg.model.heads  # one slope per head and block

@@ -83,14 +83,18 @@ class Attention(nnx.Module):
     transposed and reshaped.
     """
 
-    def __init__(self, dim, heads, rngs, dtype, attention_dtype):
+    def __init__(self, dim, heads, rngs, dtype, attention_dtype, ground_bias=0.0):
         self.heads, self.head_dim = heads, dim // heads
         self.qkv = _param(rngs, trunc_normal, (dim, 3, heads, self.head_dim), ("embed", None, "heads", None))
         self.proj = _param(rngs, trunc_normal, (heads, self.head_dim, dim), ("heads", None, "embed"))
         self.proj_bias = _param(rngs, zeros, (dim,), ("embed",))
+        # Learned per-head slopes of a ground-distance penalty on the logits (2-D ALiBi);
+        # they start at ground_bias, ground_bias / 2, ... so heads range from local to wide.
+        self.ground_slopes = _param(rngs, lambda *_: ground_bias * 0.5 ** jnp.arange(heads, dtype=jnp.float32),
+                                    (heads,), ("heads",)) if ground_bias else None
         self.dtype, self.attention_dtype = dtype, attention_dtype
 
-    def __call__(self, x, key_mask):
+    def __call__(self, x, key_mask, distance=None):
         qkv = jnp.einsum("bld,dthk->tbhlk", x.astype(self.dtype), self.qkv[...].astype(self.dtype))
         q, k, v = qkv[0], qkv[1], qkv[2]
         # The scale goes on q, not on the (L x L) logits, and the softmax is normalised after
@@ -100,6 +104,9 @@ class Attention(nnx.Module):
         q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
         logits = jnp.einsum("bhqk,bhlk->bhql", q, k, preferred_element_type=self.attention_dtype)
         logits = logits.astype(self.attention_dtype)
+        if self.ground_slopes is not None:
+            slopes = self.ground_slopes[...].astype(self.attention_dtype)
+            logits = logits - slopes[None, :, None, None] * distance.astype(self.attention_dtype)[None, None]
         if key_mask is not None:
             logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
         weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
@@ -122,21 +129,21 @@ class Block(nnx.Module):
     """Post-LN block; with ``skip`` it first fuses the long-skip input."""
 
     def __init__(self, dim, heads, mlp_ratio, rngs, *, skip=False, dtype=jnp.float32,
-                 attention_dtype=jnp.float32):
+                 attention_dtype=jnp.float32, ground_bias=0.0):
         if skip:
             self.skip_linear = Dense(2 * dim, dim, (None, "embed"), rngs, dtype=dtype)
             self.norm1 = LayerNorm(dim, rngs)
         else:
             self.skip_linear = self.norm1 = None
         self.norm2 = LayerNorm(dim, rngs)
-        self.attn = Attention(dim, heads, rngs, dtype, attention_dtype)
+        self.attn = Attention(dim, heads, rngs, dtype, attention_dtype, ground_bias)
         self.norm3 = LayerNorm(dim, rngs)
         self.mlp = Mlp(dim, dim * mlp_ratio, rngs, dtype)
 
-    def __call__(self, x, key_mask, skip=None):
+    def __call__(self, x, key_mask, skip=None, distance=None):
         if self.skip_linear is not None:
             x = self.norm1(self.skip_linear(jnp.concatenate([x, skip], axis=-1)))
-        x = self.norm2(x + self.attn(x, key_mask))
+        x = self.norm2(x + self.attn(x, key_mask, distance))
         x = self.norm3(x + self.mlp(x))
         return parallel.constrain(x, ("batch", "tokens", "act_embed"))
 
@@ -149,28 +156,47 @@ def timestep_embedding(t, dim, max_period=10000.0):
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def ground_sincos(registry: Registry, dim: int, base: float = 10000.0) -> np.ndarray:
-    """(num_tokens, dim) 2-D sin-cos code of where each image token lies on the footprint.
+def ground_centres(registry: Registry) -> tuple[np.ndarray, np.ndarray]:
+    """Where each token of the full sequence lies on the footprint: (num_tokens, 2) centres
+    (y, x) and a (num_tokens,) mask of the tokens that have a place.
 
     Every image modality covers the same ground at its own resolution, so token
-    centres are placed on one frame (units: tokens of the finest grid) and a
-    10 m S2 token gets the code of the 20 m, 60 m or DEM tokens over the same
-    ground. Time rows and scalar tokens have no place: they get zeros.
+    centres are placed on one frame (units: tokens of the finest grid): a 10 m S2
+    token and the 20 m, 60 m or DEM tokens over the same ground share a centre.
+    Time rows and scalar tokens have no place.
     """
-    if dim % 4:
-        raise ValueError(f"a ground position code needs hidden % 4 == 0, got {dim}")
     finest = max((m.grid[0] for m in registry if not m.is_scalar), default=1)
-    freqs = base ** (-np.arange(dim // 4) / (dim // 4))
-    rows = [np.zeros((len(registry), dim))]
+    centres, placed = [np.zeros((len(registry), 2))], [np.zeros(len(registry), bool)]
     for m in registry:
         if m.is_scalar:
-            rows.append(np.zeros((m.num_tokens, dim)))
+            centres.append(np.zeros((m.num_tokens, 2)))
+            placed.append(np.zeros(m.num_tokens, bool))
             continue
         gh, gw = m.grid
         y, x = np.meshgrid((np.arange(gh) + 0.5) * finest / gh, (np.arange(gw) + 0.5) * finest / gw, indexing="ij")
-        args = [c.reshape(-1, 1) * freqs for c in (y, x)]
-        rows.append(np.concatenate([f(a) for a in args for f in (np.sin, np.cos)], axis=1))
-    return np.concatenate(rows).astype(np.float32)
+        centres.append(np.stack([y.ravel(), x.ravel()], 1))
+        placed.append(np.ones(m.num_tokens, bool))
+    return np.concatenate(centres), np.concatenate(placed)
+
+
+def ground_sincos(registry: Registry, dim: int, base: float = 10000.0) -> np.ndarray:
+    """(num_tokens, dim) 2-D sin-cos code of each token's place on the footprint; zeros
+    for the tokens without one (see ``ground_centres``)."""
+    if dim % 4:
+        raise ValueError(f"a ground position code needs hidden % 4 == 0, got {dim}")
+    centres, placed = ground_centres(registry)
+    freqs = base ** (-np.arange(dim // 4) / (dim // 4))
+    args = [centres[:, i:i + 1] * freqs for i in range(2)]
+    code = np.concatenate([f(a) for a in args for f in (np.sin, np.cos)], axis=1)
+    return (code * placed[:, None]).astype(np.float32)
+
+
+def ground_distance(registry: Registry) -> np.ndarray:
+    """(num_tokens, num_tokens) distance on the ground between token centres, in tokens of
+    the finest grid; 0 for every pair with a token that has no place."""
+    centres, placed = ground_centres(registry)
+    dist = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    return (dist * (placed[:, None] & placed[None])).astype(np.float32)
 
 
 def patchify(x, p):
@@ -208,13 +234,15 @@ class UViT(nnx.Module):
     """COP-GEN's U-ViT over the modalities of ``registry``."""
 
     def __init__(self, registry: Registry, *, hidden, depth, heads, mlp_ratio=4, rngs: nnx.Rngs,
-                 dtype=jnp.float32, attention_dtype=jnp.float32, remat=False, pos_init="random"):
+                 dtype=jnp.float32, attention_dtype=jnp.float32, remat=False, pos_init="random",
+                 ground_bias=0.0):
         if hidden % heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
         self.registry, self.hidden, self.remat = registry, hidden, remat
         self.dtype = dtype
         block = functools.partial(Block, hidden, heads, mlp_ratio, rngs, dtype=dtype,
-                                  attention_dtype=attention_dtype)
+                                  attention_dtype=attention_dtype, ground_bias=ground_bias)
+        self.ground_bias = ground_bias
         self.pos_embed = _param(rngs, _pos_init(pos_init, registry, hidden), (1, registry.num_tokens, hidden),
                                 (None, "tokens", "embed"))
         self.patch_embeds = nnx.List([
@@ -265,8 +293,12 @@ class UViT(nnx.Module):
             key_mask = jnp.concatenate([jnp.stack(per_mod, 1)] +
                                        [jnp.repeat(p[:, None], m.num_tokens, 1) for p, m in zip(per_mod, mods)], 1)
 
-        call = (lambda blk, x, s=None: nnx.remat(type(blk).__call__)(blk, x, key_mask, s)) if self.remat \
-            else (lambda blk, x, s=None: blk(x, key_mask, s))
+        distance = None
+        if self.ground_bias:
+            layout = self._layout(names)
+            distance = jnp.asarray(ground_distance(self.registry)[layout][:, layout])
+        call = (lambda blk, x, s=None: nnx.remat(type(blk).__call__)(blk, x, key_mask, s, distance)) if self.remat \
+            else (lambda blk, x, s=None: blk(x, key_mask, s, distance))
         skips = []
         for blk in self.in_blocks:
             x = call(blk, x)
@@ -289,4 +321,4 @@ def backbone_from_config(cfg, registry: Registry, rngs: nnx.Rngs) -> UViT:
     mc = cfg.model
     return UViT(registry, hidden=mc.hidden, depth=mc.depth, heads=mc.heads, mlp_ratio=mc.mlp_ratio,
                 rngs=rngs, dtype=jnp.dtype(mc.dtype), attention_dtype=jnp.dtype(mc.attention_dtype),
-                remat=mc.remat, pos_init=mc.get("pos_init", "random"))
+                remat=mc.remat, pos_init=mc.get("pos_init", "random"), ground_bias=mc.get("ground_bias", 0.0))
