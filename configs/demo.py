@@ -60,4 +60,5 @@ def get_config():
     p.n_samples = 8
     p.sample_steps = 50
     p.sampler = "ddim"
+    p.guidance = 1.0  # classifier-free guidance weight of the report's samples
     return c

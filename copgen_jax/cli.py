@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sampler", choices=("ddim", "dpm++"), default="ddim")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance weight (1: plain conditional; > 1 follows the conditions "
+                        "more closely, two network evaluations per step)")
     p.add_argument("--absent", choices=("drop", "noise", "mask"), default=None,
                    help="modalities neither given nor generated (default: from the run's training)")
     p.add_argument("--units", action="append", default=[], metavar="NAME=UNIT", help="e.g. S1RTC_vh_vv=db")
@@ -112,7 +115,8 @@ def run(args) -> dict:
     print(f"loading {args.workdir}", file=sys.stderr)
     model = CopGen.load(args.workdir, args.step)
     gen = model.generate(args.generate, conditions, n_samples=args.n_samples, seed=args.seed, steps=args.steps,
-                         sampler=args.sampler, eta=args.eta, absent=args.absent, stats=True, units=units,
+                         sampler=args.sampler, eta=args.eta, absent=args.absent, guidance=args.guidance,
+                         stats=True, units=units,
                          progress=Progress())
     footprint = gen.footprints[0]
     if footprint is None:

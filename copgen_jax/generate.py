@@ -131,7 +131,7 @@ class CopGen:
                  seed: int = 0, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
                  spacing: str | None = None, absent: str | None = None, stats: bool = False,
                  quantiles: Sequence[float] = (0.05, 0.5, 0.95), units: Mapping | None = None,
-                 progress: Progress | None = None) -> Generation:
+                 guidance: float = 1.0, progress: Progress | None = None) -> Generation:
         """Generate ``n_samples`` of each modality in ``generate`` per input, given ``conditions``.
 
         conditions: name -> physical-unit array of ``m.physical_shape`` with or without a leading
@@ -140,6 +140,8 @@ class CopGen:
         spacing: timestep grid; default "logsnr" for dpm++ (far more accurate there), else "uniform".
         absent: "drop" | "noise" | "mask" for modalities neither given nor generated (module doc);
           default "drop" for runs trained with presence masks, else "noise".
+        guidance: classifier-free guidance weight (``samplers.sample``); 1 is plain conditional
+          sampling, > 1 pushes samples towards the conditions and costs a second evaluation per step.
         """
         generate = (generate,) if isinstance(generate, str) else tuple(generate)
         conditions = dict(conditions or {})
@@ -158,11 +160,12 @@ class CopGen:
         cond = self._encode(pixels, jax.random.fold_in(key, 0))
         self._report("encode", 1, 1)
         latents = self._sample(cond, generate, batch, n_samples, jax.random.fold_in(key, 1),
-                               steps=steps, sampler=sampler, eta=eta, spacing=spacing, absent=absent)
+                               steps=steps, sampler=sampler, eta=eta, spacing=spacing, absent=absent,
+                               guidance=guidance)
         samples = {n: self._decode(self.registry[n], latents[n], units.get(n)) for n in generate}
         summary = {n: sample_stats(self.registry[n], samples[n], quantiles) for n in generate} if stats else {}
         settings = dict(generate=generate, given=tuple(sorted(conditions)), n_samples=n_samples, steps=steps,
-                        sampler=sampler, eta=eta, spacing=spacing, absent=absent, units=units)
+                        sampler=sampler, eta=eta, spacing=spacing, absent=absent, guidance=guidance, units=units)
         return Generation(samples, physical, latents, summary, footprints, self.registry, seed, settings)
 
     def encode(self, conditions: Mapping, *, seed: int = 0, units: Mapping | None = None) -> dict:
@@ -243,13 +246,15 @@ class CopGen:
         take = np.minimum(np.arange(padded), rows - 1) // n
         placed = {k: jax.device_put(v[take], self._row_sharding(v.ndim)) for k, v in cond.items()}
         fn = self._sampler(tuple(generate), tuple(sorted(cond)), padded, **opts)
-        self._ticks, self._steps_now = 0, opts["steps"]
+        # Guidance evaluates the network twice per step (with and without the conditions).
+        self._ticks = 0
+        self._steps_now = opts["steps"] * (2 if opts.get("guidance", 1) != 1 and cond else 1)
         with parallel.use_mesh(self.mesh, self.rules):
             out = fn(self._params, key, placed)
         return {k: np.asarray(v)[:rows].reshape(batch, n, *v.shape[1:]) for k, v in out.items()}
 
-    def _sampler(self, generate, given, rows, *, steps, sampler, eta, spacing, absent):
-        cache_key = (generate, given, rows, steps, sampler, float(eta), spacing, absent)
+    def _sampler(self, generate, given, rows, *, steps, sampler, eta, spacing, absent, guidance):
+        cache_key = (generate, given, rows, steps, sampler, float(eta), spacing, absent, float(guidance))
         if cache_key in self._samplers:
             return self._samplers[cache_key]
         shapes = {m.name: m.latent_shape for m in self.registry}
@@ -272,7 +277,7 @@ class CopGen:
 
             return samplers.sample(eps_fn, self.schedule, key, shapes=shapes, batch=rows, conditions=cond,
                                    generate=generate, absent="noise" if absent == "noise" else "drop",
-                                   steps=steps, sampler=sampler, eta=eta, spacing=spacing)
+                                   steps=steps, sampler=sampler, eta=eta, spacing=spacing, guidance=guidance)
 
         row = {n: self._row_sharding(1 + len(shapes[n])) for n in shapes}
         fn = jax.jit(run, in_shardings=(None, None, {n: row[n] for n in given}),

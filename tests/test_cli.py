@@ -35,10 +35,10 @@ def test_end_to_end(run, condition_files, tmp_path, capsys):
     out = tmp_path / "out"
     rc = cli.main(["--workdir", run, "--generate", S2, "--generate", DATE, "--condition", f"{DEM}={dem}",
                    "--condition", f"{LULC}={lulc}", "--lat", "46.0", "--lon", "7.5", "--n-samples", "2",
-                   "--steps", "2", "--seed", "3", "--out", str(out)])
+                   "--steps", "2", "--seed", "3", "--guidance", "1.5", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "sample" in err and "2/2" in err  # progress
+    assert "sample" in err and "4/4" in err  # progress: 2 steps, each with and without the conditions
     for name in ("sample_000.tif", "sample_001.tif", "mean.tif", "std.tif", "q5.tif", "q95.tif"):
         with rasterio.open(out / S2 / name) as src:
             assert src.crs.to_epsg() == 32632 and (src.width, src.height) == (48, 48)
@@ -49,6 +49,7 @@ def test_end_to_end(run, condition_files, tmp_path, capsys):
     assert (out / "sheet.png").stat().st_size > 10_000
     summary = json.loads((out / "summary.json").read_text())
     assert summary["footprint_corner"] == [399960.0, 5100000.0] and summary["footprint_side_m"] == 1920.0
+    assert summary["guidance"] == 1.5
     assert len(summary["scalars"][DATE]["samples"]) == 2
     np.datetime64(summary["scalars"][DATE]["samples"][0])  # ISO days
     assert f"{S2}/sample_001.tif" in summary["files"] and "sheet.png" in summary["files"]

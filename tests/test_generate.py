@@ -99,6 +99,17 @@ def test_drop_equals_full_sequence_with_presence_mask(model):
     assert not np.allclose(drop.latents[S2], noise.latents[S2], atol=1e-3)
 
 
+def test_guidance_changes_samples_and_counts_both_evaluations(model):
+    cond, ticks = conditions(), []
+    kw = dict(n_samples=2, steps=3, seed=4)
+    plain = model.generate([S2], cond, **kw)
+    np.testing.assert_array_equal(model.generate([S2], cond, guidance=1.0, **kw)[S2], plain[S2])
+    guided = model.generate([S2], cond, guidance=3.0, progress=lambda *a: ticks.append(a), **kw)
+    assert not np.allclose(guided.latents[S2], plain.latents[S2], atol=1e-4)
+    assert guided.settings["guidance"] == 3.0
+    assert [t for t in ticks if t[0] == "sample"][-1] == ("sample", 6, 6)  # with and without conditions
+
+
 def test_samplers_batches_and_compile_cache(model):
     cond = conditions(batch=2)
     cond[DATE] = np.array(["2020-01-01", "2021-07-01"])

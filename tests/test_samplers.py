@@ -200,6 +200,23 @@ def test_conditions_bit_identical_and_seeded():
     assert not np.allclose(out1["b"], out3["b"])
 
 
+def test_guidance_one_and_zero_are_the_plain_samplers():
+    """w = 1 is conditional sampling itself; w = 0 is sampling with the condition dropped."""
+    a = draw_a()
+    np.testing.assert_array_equal(run(("b",), {"a": a}, guidance=1.0)["b"], run(("b",), {"a": a})["b"])
+    np.testing.assert_array_equal(run(("b",), {"a": a}, guidance=0.0)["b"], run(("b",))["b"])
+
+
+@pytest.mark.parametrize("absent", ["drop", "noise"])
+def test_guidance_scales_the_dependence_on_the_condition(absent):
+    """Regression slope of B on the given A: 0 unguided, the exact SLOPE at w = 1, steeper above."""
+    a = draw_a()
+    slope = {w: np.polyfit(np.asarray(a).ravel(), np.asarray(run(("b",), {"a": a}, guidance=w,
+                                                                  absent=absent)["b"]).ravel(), 1)[0]
+             for w in (0.0, 1.0, 2.0)}
+    assert abs(slope[0.0]) < 0.05 and abs(slope[1.0] - SLOPE) < 0.05 and slope[2.0] > SLOPE + 0.2, slope
+
+
 def test_jit_traces_once():
     traces = []
     eps_fn = gaussian_eps_fn()
@@ -238,6 +255,8 @@ def test_timestep_grids():
     (dict(generate=()), r"nothing to generate"),
     (dict(generate=("b", "b")), r"`generate` names a modality twice"),
     (dict(eta=-0.5), r"eta must be >= 0"),
+    (dict(guidance=-1.0), r"guidance must be a finite number >= 0"),
+    (dict(guidance=float("nan")), r"guidance must be a finite number >= 0"),
 ])
 def test_errors(kwargs, match):
     kwargs = {"generate": ("b",), **kwargs}

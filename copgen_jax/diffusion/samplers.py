@@ -142,8 +142,10 @@ def dpmpp_2m_update(x, x0, x0_prev, alpha_bar_t, alpha_bar_s, alpha_bar_prev, se
 
 
 # -- validation -------------------------------------------------------------------
-def _check_request(shapes, batch, conditions, generate, absent, sampler, eta):
+def _check_request(shapes, batch, conditions, generate, absent, sampler, eta, guidance=1.0):
     known = list(shapes)
+    if not (isinstance(guidance, (int, float)) and 0 <= guidance < float("inf")):
+        raise ValueError(f"guidance must be a finite number >= 0 (1: plain conditional sampling), got {guidance!r}")
     for name in list(generate) + list(conditions):
         if name not in shapes:
             raise ValueError(f"unknown modality {name!r}: the model has {known}")
@@ -170,7 +172,8 @@ def _check_request(shapes, batch, conditions, generate, absent, sampler, eta):
 # -- the sampling loop ---------------------------------------------------------------
 def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple], batch: int,
            conditions: Mapping[str, jax.Array], generate: Sequence[str], absent: str = "drop",
-           steps: int = 50, sampler: str = "ddim", eta: float = 0.0, spacing: str = "uniform") -> dict:
+           steps: int = 50, sampler: str = "ddim", eta: float = 0.0, spacing: str = "uniform",
+           guidance: float = 1.0) -> dict:
     """Generate ``generate`` given clean ``conditions``; returns generated latents and the conditions.
 
     Args:
@@ -198,6 +201,10 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple
       eta: DDIM stochasticity: 0 is deterministic, 1 is DDPM-like ancestral sampling.
         Ignored by "dpm++".
       spacing: timestep grid, "uniform" or "logsnr" (see ``timestep_grid``).
+      guidance: classifier-free guidance weight w: ε = ε_uncond + w (ε_cond - ε_uncond), where
+        ε_uncond sees no condition (treated like an absent modality: dropped, or noise at N).
+        1 is plain conditional sampling (one evaluation per step); w > 1 follows the conditions
+        more closely than the model's conditional alone, at the cost of a second evaluation.
 
     Returns:
       {name: (B, C, H, W) float32} for generated modalities, the x0 prediction of the
@@ -205,7 +212,7 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple
     """
     generate = tuple(generate)
     conditions = dict(conditions)
-    _check_request(shapes, batch, conditions, generate, absent, sampler, eta)
+    _check_request(shapes, batch, conditions, generate, absent, sampler, eta, guidance)
     grid = timestep_grid(schedule, steps, spacing)
     missing = tuple(n for n in shapes if n not in conditions and n not in generate)
     noise_names = missing if absent == "noise" else ()
@@ -225,8 +232,21 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple
     def eps_at(x, n_t, key):
         latents = {**cond, **normal(key, noise_names), **x}
         timesteps = {**fixed_t, **{n: jnp.full((batch,), n_t, jnp.int32) for n in generate}}
-        eps = eps_fn(latents, timesteps, present)
-        return {n: eps[n].astype(jnp.float32) for n in generate}
+        eps = {n: v.astype(jnp.float32) for n, v in eps_fn(latents, timesteps, present).items() if n in generate}
+        if guidance == 1 or not cond:
+            return eps
+        free = unconditioned(latents, timesteps, jax.random.fold_in(key, 1))
+        uncond = {n: v.astype(jnp.float32) for n, v in eps_fn(*free).items() if n in generate}
+        return {n: uncond[n] + guidance * (eps[n] - uncond[n]) for n in generate}
+
+    def unconditioned(latents, timesteps, key):
+        """The conditions made absent, the way ``absent`` treats modalities nobody named."""
+        if absent == "noise":
+            return ({**latents, **normal(key, tuple(cond))},
+                    {**timesteps, **{n: jnp.full((batch,), schedule.num_steps, jnp.int32) for n in cond}}, present)
+        keep = [n for n in latents if n not in cond]
+        return ({n: latents[n] for n in keep}, {n: timesteps[n] for n in keep},
+                {**present, **{n: jnp.zeros((batch,), bool) for n in cond}})
 
     ab = jnp.asarray(grid_alpha_bars(schedule, grid), jnp.float32)
     idx = np.arange(steps)
