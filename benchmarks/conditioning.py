@@ -29,7 +29,8 @@ from copgen_jax.generate import CopGen  # noqa: E402
 
 
 def held_out(cg: CopGen, pixels: str, names, count: int, split: str) -> dict:
-    """Physical arrays (B, ...) of the first ``count`` records of ``split`` that have every name."""
+    """Physical arrays (B, ...) of the first ``count`` records of ``split`` that have every name
+    (``count`` 0: all of them)."""
     records = []
     for rec in read_footprints(pixels, cg.registry, split):
         if all(n in rec["pixels"] for n in names):
@@ -67,7 +68,9 @@ def main(argv=None) -> int:
     p.add_argument("--task", required=True, help="'given+given->generated', e.g. 'DEM_DEM->LULC_LULC'")
     p.add_argument("--pixels", default=None, help="pixel shard set (default WORKDIR/data/pixels)")
     p.add_argument("--split", default="test")
-    p.add_argument("--records", type=int, default=96)
+    # Records come cell by cell: a prefix covers few held-out cells, and R² over few cells
+    # measures little (the demo's first 96 of 208 test records, 6 of 13 cells, hid a gain of 0.06).
+    p.add_argument("--records", type=int, default=0, help="first N held-out records (default 0: all)")
     p.add_argument("--timesteps", default="200,500,800,1000")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval/conditioning.json)")
@@ -90,7 +93,8 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(args.workdir, "eval", "conditioning.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"workdir": args.workdir, "task": args.task, "split": args.split, "records": args.records,
+        json.dump({"workdir": args.workdir, "task": args.task, "split": args.split,
+                   "records": len(latents[generated[0]]),
                    "rows": rows}, f, indent=2)
     print(f"wrote {out}")
     return 0

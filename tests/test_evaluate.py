@@ -221,3 +221,44 @@ def test_copgen_encode_gives_the_latents_the_network_takes(run):
     t = {n: np.zeros(2, np.int32) for n in latents}
     out = cg.network()(latents, t)
     assert {n: x.shape for n, x in out.items()} == {n: z.shape for n, z in latents.items()}
+
+
+def _relations_module():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import latent_relations
+    return latent_relations
+
+
+def test_latent_relations_find_a_relation_that_exists_and_none_that_does_not():
+    rel = _relations_module()
+    rng = np.random.default_rng(0)
+    src = rng.standard_normal((64, 2, 4, 4)).astype(np.float32)  # coarse grid, upsampled 3x onto 12 x 12
+    fine = np.repeat(np.repeat(src, 3, 2), 3, 3)
+    related = np.concatenate([2 * fine[:, :1] + 1, np.tanh(fine[:, 1:]) * fine[:, :1]], 1)
+    unrelated = rng.standard_normal(related.shape).astype(np.float32)
+    split = lambda x: (x[:48], x[48:])  # noqa: E731
+    for target, lo, hi in ((related, 0.9, 1.0), (unrelated, -1.0, 0.05)):  # noise: nothing, or overfit
+        (s_tr, s_te), (t_tr, t_te) = split(src), split(target)
+        scores = rel.relation((s_tr, t_tr), (s_te, t_te), mlp_steps=300)
+        assert lo < scores["mlp"] <= hi and lo < scores["linear"] <= hi, scores
+        assert scores["test_records"] == 16
+    # the non-linear half of the relation is beyond the linear predictor
+    assert rel.relation((src[:48], related[:48, 1:]), (src[48:], related[48:, 1:]), mlp_steps=300)["linear"] < 0.5
+    with pytest.raises(ValueError, match="source grid 4x4 does not divide the target grid 6x6"):
+        rel.neighbourhoods(src, (6, 6))
+
+
+def test_latent_relations_runs_on_a_runs_latent_shards(run, tmp_path):
+    from copgen_jax.encode import encode_shards
+    rel = _relations_module()
+    latents = os.path.join(run, "data", "latents")
+    if not os.path.exists(os.path.join(latents, "manifest.json")):
+        encode_shards(os.path.join(run, "tokenizers"), os.path.join(run, "data", "pixels"), latents, progress=False)
+    out = tmp_path / "relations.json"
+    assert rel.main([f"--workdir={run}", f"--pairs={LULC}->{S2},{DEM}->{LULC}", "--mlp-steps=20",
+                     f"--out={out}"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["source"], r["target"]) for r in rows] == [(LULC, S2), (DEM, LULC)]
+    assert all(math.isfinite(r["linear"]) and math.isfinite(r["mlp"]) and r["test_records"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="unknown modality 'S2L1C_B01'; known: 3d_cartesian_lat_lon"):
+        rel.main([f"--workdir={run}", "--pairs=S2L1C_B01->LULC_LULC", f"--out={out}"])

@@ -1,0 +1,144 @@
+"""How much of one modality's latent can be read from another's? The ceiling for conditioning.
+
+For each pair "source->target", a predictor maps the source latent's 3 x 3 neighbourhood (on the
+target's grid) to the target latent at the centre, trained on the train split's latent shards
+(posterior means, scaled as the backbone sees them) and scored on the held-out split: R² = 1 -
+MSE / variance about the train mean. Two predictors: linear (least squares) and a two-layer MLP.
+A backbone that follows its conditions predicts the target at n = N (``conditioning.py``) about
+as well as these do; where they reach ~0 the latents carry no relation to learn.
+
+  python benchmarks/latent_relations.py --workdir=runs/demo \\
+      --pairs="LULC_LULC->S2L2A_B02_B03_B04_B08,DEM_DEM->LULC_LULC"
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from copgen_jax import checkpoint, data, tfrecord  # noqa: E402
+from copgen_jax.backbone_task import latent_shards  # noqa: E402
+from copgen_jax.modalities import registry_from_config  # noqa: E402
+
+
+def load_pairs(latents_dir: str, registry, source: str, target: str, split: str):
+    """(N, C, H, W) scaled posterior means of ``source`` and ``target`` for records with both."""
+    files, reg = latent_shards(latents_dir, registry, split)
+    src, dst = [], []
+    for f in files:
+        for i, item in enumerate(tfrecord.read_records(f)):
+            mean = data.parse_latent_moments((f, i, item), reg)["mean"]
+            if source in mean and target in mean:
+                src.append(mean[source] * reg[source].scale_factor)
+                dst.append(mean[target] * reg[target].scale_factor)
+    if not src:
+        raise ValueError(f"no {split} record in {latents_dir} has both {source} and {target}")
+    return np.stack(src).astype(np.float32), np.stack(dst).astype(np.float32)
+
+
+def neighbourhoods(src: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(N, C, h, w) -> (N * H * W, 9 C): each target cell's 3 x 3 source neighbourhood."""
+    n, c, h, w = src.shape
+    gh, gw = grid
+    if gh % h or gw % w:
+        raise ValueError(f"source grid {h}x{w} does not divide the target grid {gh}x{gw}")
+    up = np.repeat(np.repeat(src, gh // h, 2), gw // w, 3)
+    pad = np.pad(up, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    feats = np.concatenate([pad[:, :, i:i + gh, j:j + gw] for i in range(3) for j in range(3)], 1)
+    return feats.transpose(0, 2, 3, 1).reshape(-1, 9 * c)
+
+
+def cells(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> (N * H * W, C)."""
+    return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def r2(pred: np.ndarray, truth: np.ndarray, train_mean: np.ndarray) -> float:
+    return float(1 - np.mean((pred - truth) ** 2) / np.mean((truth - train_mean) ** 2))
+
+
+def fit_linear(x, y):
+    design = lambda a: np.concatenate([a, np.ones((len(a), 1), a.dtype)], 1)  # noqa: E731
+    w = np.linalg.lstsq(design(x), y, rcond=None)[0]
+    return lambda a: design(a) @ w
+
+
+def fit_mlp(x, y, *, hidden=128, steps=2000, batch=4096, seed=0):
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    keys = jax.random.split(jax.random.key(seed), 3)
+    params = {"w1": jax.random.normal(keys[0], (x.shape[1], hidden)) / np.sqrt(x.shape[1]), "b1": jnp.zeros(hidden),
+              "w2": jax.random.normal(keys[1], (hidden, hidden)) / np.sqrt(hidden), "b2": jnp.zeros(hidden),
+              "w3": jnp.zeros((hidden, y.shape[1])), "b3": jnp.asarray(y.mean(0))}
+
+    def apply(p, a):
+        h = jax.nn.gelu((a - mu) / sd @ p["w1"] + p["b1"])
+        h = jax.nn.gelu(h @ p["w2"] + p["b2"])
+        return h @ p["w3"] + p["b3"]
+
+    tx = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s, idx):
+        loss, g = jax.value_and_grad(lambda q: jnp.mean((apply(q, x[idx]) - y[idx]) ** 2))(p)
+        updates, s = tx.update(g, s)
+        return optax.apply_updates(p, updates), s, loss
+
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        params, state, _ = step(params, state, rng.integers(0, len(x), min(batch, len(x))))
+    return lambda a: np.asarray(jax.jit(apply)(params, jnp.asarray(a)))
+
+
+def relation(train, test, *, mlp_steps=2000) -> dict:
+    """Held-out R² of the linear and MLP predictors; train/test are (source, target) latent pairs."""
+    grid = train[1].shape[2:]
+    x_tr, x_te = neighbourhoods(train[0], grid), neighbourhoods(test[0], grid)
+    y_tr, y_te = cells(train[1]), cells(test[1])
+    mean = y_tr.mean(0)
+    return {"linear": r2(fit_linear(x_tr, y_tr)(x_te), y_te, mean),
+            "mlp": r2(fit_mlp(x_tr, y_tr, steps=mlp_steps)(x_te), y_te, mean),
+            "train_records": len(train[0]), "test_records": len(test[0])}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="a run whose data/latents holds latent shards")
+    p.add_argument("--pairs", default="LULC_LULC->S2L2A_B02_B03_B04_B08,S2L2A_B02_B03_B04_B08->LULC_LULC,"
+                                       "DEM_DEM->LULC_LULC")
+    p.add_argument("--split", default="test")
+    p.add_argument("--mlp-steps", type=int, default=2000)
+    p.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval/latent_relations.json)")
+    args = p.parse_args(argv)
+    registry = registry_from_config(checkpoint.load_config(args.workdir))
+    latents = os.path.join(args.workdir, "data", "latents")
+    rows = []
+    print(f"{'source -> target':<56}{'linear':>8}{'mlp':>8}")
+    for pair in args.pairs.split(","):
+        source, _, target = pair.partition("->")
+        for name in (source, target):
+            registry[name]  # unknown names raise, listing the known ones
+        train = load_pairs(latents, registry, source, target, "train")
+        test = load_pairs(latents, registry, source, target, args.split)
+        row = {"source": source, "target": target, **relation(train, test, mlp_steps=args.mlp_steps)}
+        rows.append(row)
+        print(f"{source + ' -> ' + target:<56}{row['linear']:>8.3f}{row['mlp']:>8.3f}", flush=True)
+    out = args.out or os.path.join(args.workdir, "eval", "latent_relations.json")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"workdir": args.workdir, "split": args.split, "rows": rows}, f, indent=2)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
