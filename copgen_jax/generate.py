@@ -248,7 +248,7 @@ class CopGen:
         fn = self._sampler(tuple(generate), tuple(sorted(cond)), padded, **opts)
         # Guidance evaluates the network twice per step (with and without the conditions).
         self._ticks = 0
-        self._steps_now = opts["steps"] * (2 if opts.get("guidance", 1) != 1 and cond else 1)
+        self._steps_now = opts["steps"] * (2 if opts["guidance"] != 1 and cond else 1)
         with parallel.use_mesh(self.mesh, self.rules):
             out = fn(self._params, key, placed)
         return {k: np.asarray(v)[:rows].reshape(batch, n, *v.shape[1:]) for k, v in out.items()}

@@ -144,7 +144,7 @@ def dpmpp_2m_update(x, x0, x0_prev, alpha_bar_t, alpha_bar_s, alpha_bar_prev, se
 # -- validation -------------------------------------------------------------------
 def _check_request(shapes, batch, conditions, generate, absent, sampler, eta, guidance=1.0):
     known = list(shapes)
-    if not (isinstance(guidance, (int, float)) and 0 <= guidance < float("inf")):
+    if isinstance(guidance, bool) or not (isinstance(guidance, (int, float, np.number)) and 0 <= guidance < np.inf):
         raise ValueError(f"guidance must be a finite number >= 0 (1: plain conditional sampling), got {guidance!r}")
     for name in list(generate) + list(conditions):
         if name not in shapes:

@@ -283,7 +283,8 @@ class UViT(nnx.Module):
         patch_tokens = [self.patch_embeds[i](patchify(latents[m.name].reshape(batch, *m.latent_shape), m.patch))
                         for i, m in zip(idx, mods)]
         x = jnp.concatenate([jnp.stack(time_tokens, 1).astype(self.dtype)] + patch_tokens, axis=1)
-        x = x + self.pos_embed[...][:, self._layout(names)].astype(self.dtype)
+        layout = self._layout(names)
+        x = x + self.pos_embed[...][:, layout].astype(self.dtype)
         x = parallel.constrain(x, ("batch", "tokens", "act_embed"))
 
         key_mask = None
@@ -293,10 +294,7 @@ class UViT(nnx.Module):
             key_mask = jnp.concatenate([jnp.stack(per_mod, 1)] +
                                        [jnp.repeat(p[:, None], m.num_tokens, 1) for p, m in zip(per_mod, mods)], 1)
 
-        distance = None
-        if self.ground_bias:
-            layout = self._layout(names)
-            distance = jnp.asarray(ground_distance(self.registry)[layout][:, layout])
+        distance = jnp.asarray(ground_distance(self.registry)[layout][:, layout]) if self.ground_bias else None
         call = (lambda blk, x, s=None: nnx.remat(type(blk).__call__)(blk, x, key_mask, s, distance)) if self.remat \
             else (lambda blk, x, s=None: blk(x, key_mask, s, distance))
         skips = []
