@@ -52,20 +52,24 @@ def stage_data(cfg, workdir, registry: Registry) -> None:
 
 
 def tokenizer_config(cfg, name: str, pixels: str) -> ml_collections.ConfigDict:
-    """The tokenizer run for ``name``: the demo's registry, ``cfg.pipeline.tokenizer`` sizes (with
-    ``tokenizer.per_modality[name]`` over them), pixel shards."""
+    """The tokenizer run for ``name``: the demo's registry, ``cfg.pipeline.tokenizer``'s model, optim
+    and train sections (``tokenizer.per_modality[name]``'s sections over them), pixel shards."""
     from copgen_jax.defaults import default_config
     from copgen_jax.tokenizer_task import tokenizer_config as defaults
     t = cfg.pipeline.tokenizer
+    own = t.get("per_modality", {}).get(name, {})  # e.g. DEM's norm groups and longer training
+    unknown = set(own) - {"model", "optim", "train"}
+    if unknown:
+        raise ValueError(f"pipeline.tokenizer.per_modality.{name} has sections {sorted(unknown)}; "
+                         "give overrides under 'model', 'optim' or 'train'")
     c = default_config()
     c.task, c.seed = "tokenizer", cfg.seed
     c.modalities = ml_collections.ConfigDict(cfg.modalities.to_dict())
     c.tokenizer = defaults()
-    c.tokenizer.update(t.model.to_dict())
-    c.tokenizer.update(t.get("per_modality", {}).get(name, {}))  # e.g. DEM's own norm groups
+    for section, target in (("model", c.tokenizer), ("optim", c.optim), ("train", c.train)):
+        target.update(t[section].to_dict())
+        target.update(dict(own.get(section, {})))
     c.tokenizer.modality = name
-    c.optim.update(t.optim.to_dict())
-    c.train.update(t.train.to_dict())
     c.data.source, c.data.shards = "shards", pixels
     c.data.shuffle_buffer = t.get("shuffle_buffer", 64)
     return c

@@ -22,6 +22,7 @@ def tiny_demo(tmp_path_factory):
     p.cells, p.observations, p.footprints_per_side = 3, 2, 1
     p.tokenizer.model.update(ch=8, scale_factor_batches=1)
     p.tokenizer.train.update(steps=2, log_every=2, checkpoint_every=2, global_batch=8)
+    p.tokenizer.per_modality.DEM_DEM.train.update(steps=2, checkpoint_every=2)
     p.tasks = ("DEM_DEM->S2L2A_B02_B03_B04_B08",)
     p.footprints, p.n_samples, p.sample_steps, p.encode_batch = 1, 2, 2, 8
     workdir = tmp_path_factory.mktemp("demo")
@@ -74,7 +75,14 @@ def test_tokenizer_settings_per_modality():
     from copgen_jax.pipeline import tokenizer_config
     cfg = demo.get_config()
     cfg.pipeline.tokenizer.model.norm_groups = 4
-    cfg.pipeline.tokenizer.per_modality = ml_collections.ConfigDict({"DEM_DEM": {"norm_groups": 2}})
-    dem, lulc = (tokenizer_config(cfg, n, "pixels").tokenizer for n in ("DEM_DEM", "LULC_LULC"))
+    cfg.pipeline.tokenizer.per_modality = ml_collections.ConfigDict(
+        {"DEM_DEM": {"model": {"norm_groups": 2}, "train": {"steps": 7}}})
+    dem_run, lulc_run = (tokenizer_config(cfg, n, "pixels") for n in ("DEM_DEM", "LULC_LULC"))
+    dem, lulc = dem_run.tokenizer, lulc_run.tokenizer
     assert (dem.modality, dem.norm_groups, lulc.modality, lulc.norm_groups) == ("DEM_DEM", 2, "LULC_LULC", 4)
     assert dem.ch == lulc.ch == cfg.pipeline.tokenizer.model.ch
+    assert (dem_run.train.steps, lulc_run.train.steps) == (7, cfg.pipeline.tokenizer.train.steps)
+    assert dem_run.train.global_batch == lulc_run.train.global_batch
+    cfg.pipeline.tokenizer.per_modality = ml_collections.ConfigDict({"DEM_DEM": {"norm_groups": 2}})
+    with pytest.raises(ValueError, match="per_modality.DEM_DEM has sections .'norm_groups'.*'model'"):
+        tokenizer_config(cfg, "DEM_DEM", "pixels")

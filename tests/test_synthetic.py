@@ -206,3 +206,18 @@ def test_cell_ids_place_cells_on_the_globe():
         assert grid.x0 % 60 == 0 and grid.y0 % 60 == 0 and grid.width == 1152
     with pytest.raises(ValueError, match="row"):
         cell_latlon("nonsense")
+
+
+def test_land_cover_follows_terrain_position():
+    """Valley floors hold the wet classes and ridges the dry ones, within each cell."""
+    wet_low, wet_high, dry_low, dry_high = [], [], [], []
+    for cell in sample_cells(0, 16):
+        lat, lon = cell_latlon(cell)
+        land = ls.make_landscape(0, cell, lat, lon, 384)
+        position = land.elevation - ls.blur(land.elevation, ls.POSITION_SCALE_M)
+        low, high = position < np.quantile(position, 0.2), position > np.quantile(position, 0.8)
+        wet = np.isin(land.landcover, [ls.WATER, ls.FLOODED, ls.CROPS]) & (land.elevation > 0)
+        dry = np.isin(land.landcover, [ls.BARE, ls.RANGE])
+        wet_low.append(wet[low].mean()), wet_high.append(wet[high].mean())
+        dry_low.append(dry[low].mean()), dry_high.append(dry[high].mean())
+    assert np.mean(wet_low) > 5 * np.mean(wet_high) and np.mean(dry_high) > 3 * np.mean(dry_low)

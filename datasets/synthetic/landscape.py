@@ -8,11 +8,16 @@ shares it: the DEM and the land-cover map are the same on every date.
 * Climate by latitude: a moisture curve with wet tropics, arid subtropical
   belts (~15-32 deg), moderate mid-latitudes and dry poles; a snow line falling
   from ~4.9 km at the equator to sea level near 72 deg.
+* Moisture: the climate's, wetter on valley floors and drier on ridges and
+  steep slopes. ``position`` (height above the surrounding kilometre, in units
+  of its spread) carries the terrain into land cover at footprint scale, where
+  a DEM at 120 m still resolves it.
 * Land cover, by rule and in priority order, using the registry's codes: sea
-  below 0 m and lakes in wet basins are water; snow/ice above the snow line;
-  built-up clusters on gentle low ground; flooded vegetation in wet hollows;
-  bare ground where arid, steep or alpine; crops on wet-enough flats in
-  rectangular field parcels; trees where moist; rangeland elsewhere.
+  below 0 m and lakes on wet valley floors are water; snow/ice above the snow
+  line; built-up clusters on gentle low ground; flooded vegetation on wet valley
+  floors; bare ground where arid, steep, alpine or on dry ridges; crops on
+  wet-enough flats below the ridges in rectangular field parcels; trees where
+  moist; rangeland elsewhere.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ REGIMES = {
     "mountain": (0.20, (1500.0, 3500.0), (300.0, 700.0)),
 }
 TERRAIN_BETA = 4.2
+POSITION_SCALE_M = 1000.0  # blur behind the valley/ridge position
 _ABS_LAT = [0, 10, 20, 28, 35, 45, 60, 75, 90]
 _MOISTURE = [0.80, 0.75, 0.35, 0.15, 0.35, 0.60, 0.55, 0.35, 0.20]
 _SNOW_LAT = [0, 30, 45, 60, 72, 90]
@@ -73,9 +79,10 @@ def terrain(rng: np.random.Generator, n: int, dx: float = 10.0) -> tuple[str, np
     _, base_range, relief_range = REGIMES[regime]
     h = 0.95 * fractal(rng, n, TERRAIN_BETA) + 0.05 * fractal(rng, n, 3.2)
     h = (h - h.mean()) / h.std()
-    # Relief is quoted for a 6 x 6 footprint cell; a fractal's spread grows with
-    # its extent as L^((beta - 2) / 2), so smaller cells have proportionally less.
-    relief = rng.uniform(*relief_range) * (n * dx / 11520.0) ** ((TERRAIN_BETA - 2.0) / 2.0)
+    # Relief is quoted for a 6 x 6 footprint cell. Smaller cells get less, as the square root
+    # of their extent: slower than a single fractal's L^((beta - 2) / 2), since real relief
+    # keeps hills at every scale, and a 1.92 km mountain footprint keeps a hundred metres or more.
+    relief = rng.uniform(*relief_range) * (n * dx / 11520.0) ** 0.5
     if base_range is None:  # coastal: a chosen share of the cell is sea
         base = -relief * float(np.quantile(h, rng.uniform(0.1, 0.5)))
     else:
@@ -106,25 +113,29 @@ def _quantile_mask(field: np.ndarray, where: np.ndarray, fraction: float) -> np.
     return where & (field > np.quantile(field[where], 1.0 - fraction))
 
 
-def land_cover(rng, elevation, slope, moisture, tpi, snow_m, parcel_ids) -> np.ndarray:
+def land_cover(rng, elevation, slope, moisture, position, snow_m, parcel_ids) -> np.ndarray:
+    """Registry codes by rule; ``position`` is the standardised height above the surrounding
+    kilometre (< 0 valley floors, > 0 ridges), so classes follow the terrain at footprint scale."""
     n = elevation.shape[0]
     flat = slope < 0.1
-    water = (elevation < 0) | ((tpi < -1.6) & (moisture > 0.5) & flat)
+    water = (elevation < 0) | ((position < -1.4) & (moisture > 0.5) & flat)
     snow = ~water & (elevation > snow_m + 150.0 * fractal(rng, n, 3.0))
     free = ~water & ~snow
     urban_frac = rng.choice([rng.uniform(0, 0.02), rng.uniform(0.02, 0.1), rng.uniform(0.15, 0.4)],
                             p=[0.5, 0.35, 0.15])
-    built = _quantile_mask(fractal(rng, n, 3.2), free & (slope < 0.15) & (elevation < snow_m - 300), urban_frac)
+    low_gentle = free & (slope < 0.15) & (elevation < snow_m - 300) & (position < 0.3)
+    built = _quantile_mask(fractal(rng, n, 3.2), low_gentle, urban_frac)
     free &= ~built
-    flooded = free & (tpi < -1.0) & (moisture > 0.65) & (slope < 0.05)
+    flooded = free & (position < -0.9) & (moisture > 0.6) & (slope < 0.05)
     free &= ~flooded
-    bare = free & ((moisture < 0.18) | (elevation > snow_m - 250) | (slope > 0.6))
+    rocky_ridge = (position > 1.3) & (moisture < 0.45)
+    bare = free & ((moisture < 0.18) | (elevation > snow_m - 250) | (slope > 0.6) | rocky_ridge)
     free &= ~bare
-    crop_frac = rng.uniform(0.2, 0.9)
-    crops = free & flat & (moisture >= 0.28) & (moisture <= 0.8) & (elevation < min(2500.0, snow_m - 800)) \
-        & (uniform_hash(parcel_ids, int(rng.integers(1 << 30))) < crop_frac)
+    crop_frac = rng.uniform(0.3, 0.9)
+    crops = free & flat & (moisture >= 0.28) & (moisture <= 0.85) & (position < 0.5) \
+        & (elevation < min(2500.0, snow_m - 800)) & (uniform_hash(parcel_ids, int(rng.integers(1 << 30))) < crop_frac)
     free &= ~crops
-    trees = free & (moisture + 0.08 * fractal(rng, n, 2.8) > 0.45)
+    trees = free & (moisture + 0.05 * fractal(rng, n, 2.8) > 0.45)
     lc = np.full(elevation.shape, RANGE, np.uint8)
     for mask, code in ((trees, TREES), (crops, CROPS), (bare, BARE), (flooded, FLOODED),
                        (built, BUILT), (snow, SNOW), (water, WATER)):
@@ -136,13 +147,14 @@ def make_landscape(seed: int, cell_id: str, lat: float, lon: float, n: int) -> L
     rng = stream(seed, cell_id, "landscape")
     regime, elevation = terrain(rng, n)
     slope, aspect = slope_aspect(elevation)
-    tpi = elevation - blur(elevation, 400.0)
-    tpi = tpi / (tpi.std() + 1e-6)
-    moisture = np.clip(climate_moisture(lat) + rng.normal(0, 0.08) + 0.12 * fractal(rng, n, 3.0)
-                       - 0.08 * tpi - 0.3 * np.sin(slope), 0.0, 1.0).astype(np.float32)
+    position = elevation - blur(elevation, POSITION_SCALE_M)
+    position = position / (position.std() + 1e-6)
+    # Water drains to valley floors: they are wetter than the ridges around them.
+    moisture = np.clip(climate_moisture(lat) + rng.normal(0, 0.08) + 0.04 * fractal(rng, n, 3.0)
+                       - 0.25 * position - 0.3 * np.sin(slope), 0.0, 1.0).astype(np.float32)
     snow_m = snowline(lat) + rng.normal(0, 150)
     parcel_ids = _parcels(rng, n)
-    lc = land_cover(rng, elevation, slope, moisture, tpi, snow_m, parcel_ids)
+    lc = land_cover(rng, elevation, slope, moisture, position, snow_m, parcel_ids)
     texture = (0.7 * fractal(rng, n, 2.2) + 0.3 * rng.standard_normal((n, n))).astype(np.float32)
     parcel = uniform_hash(parcel_ids, int(rng.integers(1 << 30))).astype(np.float32)
     return Landscape(lat, lon, regime, elevation, slope, aspect, moisture, lc, parcel, texture,

@@ -81,11 +81,11 @@ def make_conditions(seed: int, cell_id: str, observation: int, lat: float) -> Co
     doy = day_of_year(date)
     zenith, azimuth = sun_position(lat, doy)
     season, winter = seasonality(lat, doy)
-    clear = rng.random() < 0.4
+    clear = rng.random() < 0.55
     return Conditions(
         date=date, s1_date=date + np.timedelta64(int(rng.integers(-6, 7)), "D"), doy=doy,
         sun_zenith=zenith, sun_azimuth=azimuth, season=season, winter=winter,
-        cloud_cover=0.0 if clear else float(rng.uniform(0.03, 0.7)),
+        cloud_cover=0.0 if clear else float(rng.uniform(0.03, 0.6)),
         cirrus=bool(rng.random() < 0.2), cloud_height_m=float(rng.uniform(1000, 3000)),
         aod=float(np.clip(np.exp(rng.normal(math.log(0.12), 0.6)), 0.02, 1.0)),
         water_vapour_t=float(rng.uniform(0.35, 0.6)),
