@@ -7,7 +7,8 @@ Each held-out example is encoded to its posterior mean and decoded
 units — the registry's ``denormalize``, then S2 reflectance = DN / 10000 and S1
 in dB clipped to [-50, 10] as the paper evaluates — per band: MAE, RMSE, PSNR and
 SSIM (``copgen_jax.metrics``; PSNR/SSIM after min-max scaling to the target's
-range); categorical modalities report top-1 accuracy, mIoU mean F1 and
+range) and relief R² (of each image's deviations from its own mean, pooled:
+what a small MAE over a wide range can hide, e.g. a DEM's hills); categorical modalities report top-1 accuracy, mIoU mean F1 and
 frequency-weighted IoU.
 
 Baselines: each image is shrunk with antialiased bicubic resampling and
@@ -93,6 +94,12 @@ class _Scores:
         # PSNR pools the (target-range scaled) MSE over images: pool it, convert at the end.
         self._add("scaled_mse", 10.0 ** (-metrics.psnr(pred, target) / 10.0), b)
         self._add("ssim", metrics.ssim(pred, target), b)
+        # Relief: each image's deviations from its own mean, per band. A codec spanning a wide
+        # range (DEM log1p over 0..8849 m) can score a small MAE while a footprint's hills are noise.
+        deviation = lambda a: a - a.mean((-2, -1), keepdims=True)  # noqa: E731
+        axes = (0, *range(2, target.ndim))
+        self._add("relief_error", np.square(deviation(pred) - deviation(target)).sum(axes), 1)
+        self._add("relief_variance", np.square(deviation(target)).sum(axes), 1)
 
     def result(self) -> dict:
         if self.m.kind == CATEGORICAL:
@@ -102,7 +109,9 @@ class _Scores:
         mean = {k: total / w for k, (total, w) in self.sums.items()}
         with np.errstate(divide="ignore"):
             psnr = 10.0 * np.log10(1.0 / mean["scaled_mse"])
-        per_band = {"mae": mean["mae"], "rmse": np.sqrt(mean["mse"]), "psnr": psnr, "ssim": mean["ssim"]}
+        relief_r2 = 1.0 - mean["relief_error"] / np.maximum(mean["relief_variance"], 1e-30)
+        per_band = {"mae": mean["mae"], "rmse": np.sqrt(mean["mse"]), "psnr": psnr, "ssim": mean["ssim"],
+                    "relief_r2": relief_r2}
         out = {k: float(np.mean(v)) for k, v in per_band.items()}
         out["per_band"] = {band: {k: float(v[i]) for k, v in per_band.items()} for i, band in enumerate(self.m.bands)}
         out["examples"] = self.n

@@ -336,11 +336,24 @@ def test_evaluation_report(tokenizers_dir, pixel_dir, tmp_path):
     assert set(report["results"]) == {"tokenizer", "bicubic_same_grid", "bicubic_same_values"}
     for result in report["results"].values():
         assert result["examples"] == 3 and set(result["per_band"]) == {"B04", "B03", "B02", "B08"}
-        assert np.isfinite([result[k] for k in ("mae", "rmse", "psnr", "ssim")]).all()
+        assert np.isfinite([result[k] for k in ("mae", "rmse", "psnr", "ssim", "relief_r2")]).all()
         assert 0 < result["mae"] < 1  # reflectance units
     m = REG[S2]
     x = np.random.default_rng(0).uniform(0, 4000, m.physical_shape)
     np.testing.assert_allclose(evaluation_units(m, m.normalize(x)), x / 1e4, rtol=1e-4, atol=1e-6)
+
+
+def test_relief_r2_scores_each_image_about_its_own_mean():
+    """A per-image offset leaves relief R² at 1; noise the size of the relief brings it to about 0."""
+    from copgen_jax.tokenizer_eval import _Scores
+    rng = np.random.default_rng(0)
+    target = 1000.0 + rng.normal(0, 10.0, (6, 1, 16, 16)) + rng.uniform(0, 3000, (6, 1, 1, 1))
+    offset, noisy = _Scores(REG[DEM]), _Scores(REG[DEM])
+    offset.add(target + rng.uniform(-200, 200, (6, 1, 1, 1)), target)  # large MAE, relief intact
+    noisy.add(target + rng.normal(0, 10.0, target.shape), target)  # small MAE, relief lost
+    assert offset.result()["relief_r2"] > 0.999 and offset.result()["mae"] > 10
+    assert abs(noisy.result()["relief_r2"]) < 0.2  # error variance = relief variance: R² ≈ 0
+    assert noisy.result()["per_band"]["DEM"]["relief_r2"] == noisy.result()["relief_r2"]
 
 
 def test_norm_groups_keep_several_channels_per_group():
