@@ -24,8 +24,8 @@ def get_config():
 
     c.model.hidden, c.model.depth, c.model.heads = 128, 4, 4
     # Attention penalised by ground distance (docs/ARCHITECTURE.md): tokens find the other
-    # modalities' tokens over their own ground from the start; land-cover samples given
-    # location + DEM score 0.27 accuracy with it, 0.21 without (1,500 steps each).
+    # modalities' tokens over their own ground from the start. With lr 2e-3, land-cover samples
+    # given location + DEM scored 0.27 accuracy, against 0.21 with neither (1,500 steps each).
     c.model.ground_bias = 2.0
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 200

@@ -8,8 +8,8 @@ units — the registry's ``denormalize``, then S2 reflectance = DN / 10000 and S
 in dB clipped to [-50, 10] as the paper evaluates — per band: MAE, RMSE, PSNR and
 SSIM (``copgen_jax.metrics``; PSNR/SSIM after min-max scaling to the target's
 range) and relief R² (of each image's deviations from its own mean, pooled:
-what a small MAE over a wide range can hide, e.g. a DEM's hills); categorical modalities report top-1 accuracy, mIoU mean F1 and
-frequency-weighted IoU.
+what a small MAE over a wide range can hide, e.g. a DEM's hills); categorical
+modalities report top-1 accuracy, mIoU mean F1 and frequency-weighted IoU.
 
 Baselines: each image is shrunk with antialiased bicubic resampling and
 enlarged back (``jax.image.resize``), at two sizes:
