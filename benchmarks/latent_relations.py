@@ -45,15 +45,23 @@ def load_pairs(latents_dir: str, registry, source: str, target: str, split: str)
 
 
 def neighbourhoods(src: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(N, C, h, w) -> (N * H * W, 9 C): each target cell's 3 x 3 source neighbourhood."""
+    """(N, C, h, w) -> (N * H * W, 9 C + fy fx): each target cell's 3 x 3 source neighbourhood,
+    and, for a coarser source (fy x fx target cells per source cell), a one-hot of where the target
+    cell lies inside its source cell, as the backbone knows from its token positions."""
     n, c, h, w = src.shape
     gh, gw = grid
     if gh % h or gw % w:
         raise ValueError(f"source grid {h}x{w} does not divide the target grid {gh}x{gw}")
-    up = np.repeat(np.repeat(src, gh // h, 2), gw // w, 3)
+    fy, fx = gh // h, gw // w
+    up = np.repeat(np.repeat(src, fy, 2), fx, 3)
     pad = np.pad(up, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
     feats = np.concatenate([pad[:, :, i:i + gh, j:j + gw] for i in range(3) for j in range(3)], 1)
-    return feats.transpose(0, 2, 3, 1).reshape(-1, 9 * c)
+    feats = feats.transpose(0, 2, 3, 1)
+    if fy * fx > 1:
+        within = (np.arange(gh)[:, None] % fy) * fx + np.arange(gw)[None, :] % fx
+        offset = np.broadcast_to(np.eye(fy * fx, dtype=feats.dtype)[within], (n, gh, gw, fy * fx))
+        feats = np.concatenate([feats, offset], -1)
+    return feats.reshape(n * gh * gw, -1)
 
 
 def cells(x: np.ndarray) -> np.ndarray:

@@ -246,6 +246,12 @@ def test_latent_relations_find_a_relation_that_exists_and_none_that_does_not():
     assert rel.relation((src[:48], related[:48, 1:]), (src[48:], related[48:, 1:]), mlp_steps=300)["linear"] < 0.5
     with pytest.raises(ValueError, match="source grid 4x4 does not divide the target grid 6x6"):
         rel.neighbourhoods(src, (6, 6))
+    # a target that varies inside each source cell: found only through the cell offset feature
+    ramp = np.tile(np.arange(3, dtype=np.float32), 4)[None, None, None, :]  # 0 1 2 across each source cell
+    within = fine[:, :1] * ramp
+    assert rel.relation((src[:48], within[:48]), (src[48:], within[48:]), mlp_steps=300)["mlp"] > 0.8
+    assert rel.neighbourhoods(src, (12, 12)).shape == (64 * 144, 9 * 2 + 9)
+    assert rel.neighbourhoods(src, (4, 4)).shape == (64 * 16, 9 * 2)  # same grid: no offset
 
 
 def test_latent_relations_runs_on_a_runs_latent_shards(run, tmp_path):
