@@ -246,9 +246,8 @@ class CopGen:
         take = np.minimum(np.arange(padded), rows - 1) // n
         placed = {k: jax.device_put(v[take], self._row_sharding(v.ndim)) for k, v in cond.items()}
         fn = self._sampler(tuple(generate), tuple(sorted(cond)), padded, **opts)
-        # Guidance evaluates the network twice per step (with and without the conditions).
         self._ticks = 0
-        self._steps_now = opts["steps"] * (2 if opts["guidance"] != 1 and cond else 1)
+        self._steps_now = opts["steps"] * samplers.evaluations_per_step(opts["guidance"], bool(cond))
         with parallel.use_mesh(self.mesh, self.rules):
             out = fn(self._params, key, placed)
         return {k: np.asarray(v)[:rows].reshape(batch, n, *v.shape[1:]) for k, v in out.items()}

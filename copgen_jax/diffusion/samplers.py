@@ -169,6 +169,11 @@ def _check_request(shapes, batch, conditions, generate, absent, sampler, eta, gu
             raise ValueError(f"condition {name!r} has shape {tuple(c.shape)}, expected (batch, C, H, W) = {want}")
 
 
+def evaluations_per_step(guidance: float, conditioned: bool) -> int:
+    """Network evaluations per sampler step: guidance adds an unconditional one, when there are conditions."""
+    return 2 if guidance != 1 and conditioned else 1
+
+
 # -- the sampling loop ---------------------------------------------------------------
 def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple], batch: int,
            conditions: Mapping[str, jax.Array], generate: Sequence[str], absent: str = "drop",
@@ -233,7 +238,7 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple
         latents = {**cond, **normal(key, noise_names), **x}
         timesteps = {**fixed_t, **{n: jnp.full((batch,), n_t, jnp.int32) for n in generate}}
         eps = {n: v.astype(jnp.float32) for n, v in eps_fn(latents, timesteps, present).items() if n in generate}
-        if guidance == 1 or not cond:
+        if evaluations_per_step(guidance, bool(cond)) == 1:
             return eps
         free = unconditioned(latents, timesteps, jax.random.fold_in(key, 1))
         uncond = {n: v.astype(jnp.float32) for n, v in eps_fn(*free).items() if n in generate}
