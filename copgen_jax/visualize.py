@@ -2,12 +2,15 @@
 
 How a modality is drawn follows its codec (never its name):
   reflectance   the registry's ``preview`` bands as red, green, blue (S2 true colour from
-                B04/B03/B02), else the first band in grey; 2-98 % percentile stretch
+                B04/B03/B02), else the first band in grey; reflectance 0-0.3 (0-3000 DN)
+                to black-white, the usual Sentinel-2 true-colour rendering, so land reads
+                the same in every panel and clouds saturate white
   S1 power      false colour: VV dB, VH dB, VV/VH ratio dB
   elevation     hillshade (sun from the north-west, 45 deg) over a terrain colour ramp
   class maps    the class table's legend colours (``OneHot.colors``)
   scalars       text
-The stretch of a row is shared by its conditions and samples, so they compare directly;
+Other continuous values get a 2-98 % percentile stretch. The stretch of a row is shared by its
+conditions and samples, so they compare directly;
 the uncertainty column is the per-pixel std over samples (averaged over bands; for class
 maps, 1 - agreement with the most frequent class).
 """
@@ -30,6 +33,9 @@ def _stretch(x, lo=None, hi=None):
     scaled = (x - np.reshape(lo, (-1, 1, 1))) / np.maximum(np.reshape(hi, (-1, 1, 1)) - np.reshape(lo, (-1, 1, 1)), 1e-9)
     img = np.clip(np.moveaxis(scaled, 0, -1), 0, 1)
     return (np.repeat(img, 3, -1) if img.shape[-1] == 1 else img), lo, hi
+
+
+TRUE_COLOUR_MAX = 0.3  # reflectance shown as white: land stays readable beside clouds
 
 
 def _reflectance_channels(m: Modality, x, unit=None):
@@ -70,6 +76,8 @@ def render(m: Modality, x, stretch=None, unit=None) -> tuple[np.ndarray, tuple]:
         return ramp * (0.35 + 0.65 * hillshade(x[0], m.gsd)[..., None]), (lo, hi)
     channels = {LogPower: _s1_channels, Reflectance: _reflectance_channels}.get(type(m.codec))
     c = channels(m, x, unit) if channels else x[:1]
+    if stretch is None and isinstance(m.codec, Reflectance):
+        stretch = (np.zeros(len(c)), np.full(len(c), TRUE_COLOUR_MAX * m.codec.scale))
     img, lo, hi = _stretch(c, *(stretch or (None, None)))
     return img, (lo, hi)
 

@@ -19,8 +19,19 @@ def test_true_colour_uses_the_registry_preview_bands():
     img, _ = visualize.render(m, x)
     assert img.shape == (8, 8, 3)
     assert img[0, 0, 0] == 1 and img[0, 0, 2] == 0 and img[0, 7, 2] == 1 and img[0, 7, 0] == 0
-    grey, _ = visualize.render(REG["S2L2A_B01_B09"], np.random.default_rng(0).uniform(0, 1, (2, 4, 4)))
+    grey, _ = visualize.render(REG["S2L2A_B01_B09"], np.random.default_rng(0).uniform(0, 3000, (2, 4, 4)))
     np.testing.assert_array_equal(grey[..., 0], grey[..., 2])  # no preview bands: the first band in grey
+
+
+def test_reflectance_has_one_fixed_stretch_so_land_stays_readable_beside_clouds():
+    m = REG["S2L2A_B02_B03_B04_B08"]
+    land = np.full((4, 4, 4), 600.0)
+    cloud = np.full((4, 4, 4), 9000.0)
+    alone, _ = visualize.render(m, land)
+    beside_cloud, _ = visualize.render(m, land, visualize.joint_stretch(m, [land, cloud]))
+    np.testing.assert_allclose(alone, 0.2)  # 600 DN of 3000
+    np.testing.assert_array_equal(alone, beside_cloud)
+    np.testing.assert_array_equal(visualize.render(m, cloud)[0], 1.0)
 
 
 def test_class_maps_use_the_legend():
