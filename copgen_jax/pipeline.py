@@ -48,7 +48,9 @@ def stage_data(cfg, workdir, registry: Registry) -> None:
                            "repository root (cd copgen_jax checkout && python -m copgen_jax.main ...)") from e
     p = cfg.pipeline
     build.build("synthetic", out, registry, cells=p.cells, observations=p.observations, seed=p.world_seed,
-                footprints_per_side=p.footprints_per_side)
+                footprints_per_side=p.footprints_per_side, cells_per_shard=p.get("cells_per_shard", 1),
+                test_fraction=p.get("test_fraction", build.SYNTHETIC_TEST_FRACTION),
+                test_observations=p.get("test_observations", 0), workers=p.get("data_workers", 1))
 
 
 def tokenizer_config(cfg, name: str, pixels: str) -> ml_collections.ConfigDict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -180,7 +181,7 @@ def build_shards(out: str, units: Sequence, produce: Callable[[Any], Iterable[di
             markers[g] = _build_group(out, g, groups[g], produce, plan, registry, on_record=bar.tick)
             bar.tick(0, group_done=True)
     else:
-        with cf.ProcessPoolExecutor(workers) as pool:
+        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:  # the caller may hold JAX threads
             futures = {pool.submit(_build_group, out, g, groups[g], produce, plan, registry): g for g in todo}
             for fut in cf.as_completed(futures):
                 markers[futures[fut]] = m = fut.result()

