@@ -34,15 +34,22 @@ def get_config():
     c.diffusion.condition_rate = 0.3  # clean conditions at timestep 0, as sampling feeds them
     c.diffusion.prediction = "v"  # eps-prediction needs far longer runs before its samples are in range
     c.train.global_batch = 32
-    c.train.steps = 1300  # the ground bias costs ~20% per step on CPU; this keeps the demo in 20 minutes
+    c.train.steps = 1200  # the ground bias costs ~20% per step on CPU; this keeps the demo in 20 minutes
     c.train.log_every = 200
     c.train.checkpoint_every = 500
     c.data.shuffle_buffer = 512
 
     c.pipeline = ml_collections.ConfigDict()
     p = c.pipeline
-    # many small cells: held-out cells need terrain/land-cover relations learnt across cells
-    p.cells, p.observations, p.footprints_per_side, p.world_seed = 64, 4, 2, 0
+    # Many places, one footprint and one date each: how land cover follows terrain and climate
+    # is learnt across places, and held-out places are new climates. From the DEM latent and the
+    # location, an MLP predicts the held-out land-cover latent with R² 0.27 here, -0.50 with 64
+    # cells of 2 x 2 footprints on 4 dates (as many records, learnt by heart). The held-out 5%
+    # are seen on 4 dates each, for the stochastic benchmark's real spread.
+    p.cells, p.observations, p.footprints_per_side, p.world_seed = 1024, 1, 1, 0
+    p.test_fraction, p.test_observations = 0.05, 4
+    p.cells_per_shard = 16
+    p.data_workers = 2  # processes writing the world and its shards
     p.encode_batch = 32
     p.tokenizer = ml_collections.ConfigDict()
     p.tokenizer.model = ml_collections.ConfigDict(dict(
@@ -54,9 +61,9 @@ def get_config():
     # 16 px DEM: grouped norms let its latent collapse in short runs (one channel per group
     # does not); the 48 px modalities need grouped norms to keep their brightness. log1p leaves
     # a footprint's hills a few thousandths of the DEM's unit range: at 500 steps its tokenizer
-    # rebuilds them as noise, at 3000 (cheap at 16 px) it keeps about half their variance.
+    # rebuilds them as noise, at 2700 (cheap at 16 px) relief R² is 0.69 (tokenizer_eval).
     p.tokenizer.per_modality = ml_collections.ConfigDict({"DEM_DEM": {
-        "model": {"norm_groups": 16}, "train": {"steps": 3000, "checkpoint_every": 1000}}})
+        "model": {"norm_groups": 16}, "train": {"steps": 2700, "checkpoint_every": 900}}})
     # any-to-any tasks sampled on held-out footprints: "given+given->generated+generated"
     p.tasks = ("DEM_DEM+LULC_LULC->S2L2A_B02_B03_B04_B08",
                "S1RTC_vh_vv->S2L2A_B02_B03_B04_B08",
@@ -65,7 +72,6 @@ def get_config():
                "S2L2A_B02_B03_B04_B08->LULC_LULC+DEM_DEM")
     p.footprints = 4  # held-out footprints per task
     p.n_samples = 8
-    p.sample_steps = 50
-    p.sampler = "ddim"
+    p.sampler, p.sample_steps = "dpm++", 20  # matches DDIM at 50 on these tasks (benchmarks/solvers.py)
     p.guidance = 1.0  # classifier-free guidance weight of the report's samples
     return c
