@@ -109,8 +109,7 @@ def split_of_unit(source: str, unit) -> str | None:
 def _write_synthetic_cell(job, *, raw: str, seed: int, footprints_per_side: int, names: list[str]) -> None:
     from datasets import synthetic
     cell_id, observations = job
-    synthetic.write_majortom(raw, observations=observations, seed=seed, footprints_per_side=footprints_per_side,
-                             registry=build_registry(names), cell_ids=[cell_id])
+    synthetic.write_cell(raw, cell_id, observations, seed, footprints_per_side, build_registry(names))
 
 
 def synthetic_raw(out: str, registry: Registry, cells: int, observations: int, seed: int,
@@ -126,10 +125,11 @@ def synthetic_raw(out: str, registry: Registry, cells: int, observations: int, s
     from datasets.synthetic.geometry import sample_cells
     raw = os.path.join(out, "raw")
     marker = os.path.join(raw, ".complete.json")
+    dates = {"train": observations, "test": test_observations or observations}
     args = {"cells": cells, "observations": observations, "seed": seed, "footprints_per_side": footprints_per_side,
             "modalities": list(registry.names)}
     if test_fraction != SYNTHETIC_TEST_FRACTION or test_observations:  # older worlds keep their marker
-        args.update(test_fraction=test_fraction, test_observations=test_observations or observations)
+        args.update(test_fraction=test_fraction, test_observations=dates["test"])
     if os.path.exists(marker):
         with open(marker) as f:
             done = json.load(f)
@@ -138,7 +138,6 @@ def synthetic_raw(out: str, registry: Registry, cells: int, observations: int, s
                              "use another --out or the same arguments")
         return raw
     splits = ranked_split(sample_cells(seed, cells), test_fraction)
-    dates = {"train": observations, "test": test_observations or observations}
     jobs = [(c, dates[s]) for c, s in splits.items()]
     write = functools.partial(_write_synthetic_cell, raw=raw, seed=seed, footprints_per_side=footprints_per_side,
                               names=list(registry.names))

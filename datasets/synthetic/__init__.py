@@ -10,7 +10,7 @@ differ in date, season, clouds, haze and moisture.
 """
 from datasets.synthetic.geometry import cell_grid, cell_id_for, cell_latlon, sample_cells
 from datasets.synthetic.world import SENSORS, SyntheticCell, make_cell, product_ids
-from datasets.synthetic.writer import write_majortom
+from datasets.synthetic.writer import write_cell, write_majortom
 
 __all__ = ["SENSORS", "SyntheticCell", "cell_grid", "cell_id_for", "cell_latlon", "make_cell", "product_ids",
-           "sample_cells", "write_majortom"]
+           "sample_cells", "write_cell", "write_majortom"]

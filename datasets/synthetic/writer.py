@@ -64,24 +64,28 @@ def write_majortom(root, cells: int = 1, observations: int = 1, seed: int = 0, f
     official native resolution); default: all of them. ``cell_ids`` overrides
     the seeded choice of places.
     """
-    official = build_registry(None if registry is None else [m.name for m in registry])
-    files = _band_files(official)
     cell_ids = list(cell_ids) if cell_ids is not None else sample_cells(seed, cells)
     start = time.time()
     for i, cell_id in enumerate(cell_ids):
-        for k in range(observations):
-            ids = product_ids(seed, cell_id, k, footprints_per_side)
-            todo = [p for p in files if not (SENSORS[p].static and k > 0)
-                    and not all(band_file(root, p, cell_id, ids[p], b).exists() for b, _ in files[p])]
-            if not todo:
-                continue
-            cell = make_cell(seed, cell_id, k, footprints_per_side, products=todo)
-            for product in todo:
-                for band, dtype in files[product]:
-                    array = cell.rasters[product][band]
-                    grid = cell.grid.at(cell.grid.extent[0] / array.shape[1])
-                    write_geotiff(band_file(root, product, cell_id, ids[product], band), array, grid, dtype,
-                                  compress)
+        write_cell(root, cell_id, observations, seed, footprints_per_side, registry, compress)
         log.info("synthetic world: cell %d/%d (%s) written, %.1f s", i + 1, len(cell_ids), cell_id,
                  time.time() - start)
     return cell_ids
+
+
+def write_cell(root, cell_id: str, observations: int = 1, seed: int = 0, footprints_per_side: int = 6,
+               registry: Registry | None = None, compress: str | None = "deflate") -> None:
+    """Write the files of one cell's ``observations`` that are not there yet (a rerun resumes)."""
+    files = _band_files(build_registry(None if registry is None else [m.name for m in registry]))
+    for k in range(observations):
+        ids = product_ids(seed, cell_id, k, footprints_per_side)
+        todo = [p for p in files if not (SENSORS[p].static and k > 0)
+                and not all(band_file(root, p, cell_id, ids[p], b).exists() for b, _ in files[p])]
+        if not todo:
+            continue
+        cell = make_cell(seed, cell_id, k, footprints_per_side, products=todo)
+        for product in todo:
+            for band, dtype in files[product]:
+                array = cell.rasters[product][band]
+                grid = cell.grid.at(cell.grid.extent[0] / array.shape[1])
+                write_geotiff(band_file(root, product, cell_id, ids[product], band), array, grid, dtype, compress)
