@@ -57,6 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 5000
     c.optim.grad_clip = 0.0  # 0 = none (the release clips nothing)
     c.optim.ema_rate = 0.9999
+    c.optim.ema_warmup = True  # min(rate, (1 + t) / (10 + t)); False: the release's constant rate
     c.optim.grad_accum = 1  # micro-batches per step
 
     # --- training loop --------------------------------------------------------

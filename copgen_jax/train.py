@@ -7,7 +7,7 @@ A *task* supplies what differs between models:
       with get_state() / set_state(state) for exact resumption
   images(model, batch) -> {name: HWC uint8}   optional, for TensorBoard
 
-The loop owns the rest: mesh and shardings, AdamW with warm-up, EMA, gradient
+The loop owns the rest: mesh and shardings, AdamW with warm-up, an EMA with a warmed-up decay, gradient
 accumulation, one jitted step, logging, Orbax checkpoints, resume and SIGTERM.
 """
 from __future__ import annotations
@@ -71,13 +71,27 @@ def _accumulated_grads(task, graphdef, params, batch, rng, step, accum):
     return jax.tree.map(lambda x: x / accum, total)
 
 
+def ema_rate(optim, step):
+    """The EMA's decay at ``step``: ``optim.ema_rate``, warmed up as min(rate, (1 + t) / (10 + t)).
+
+    Without the warm-up the average keeps ``rate ** t`` of the random initial weights
+    (9% after 1,200 steps at 0.998) and much of the first, poor steps: short runs then
+    sample worse from their EMA than from their raw weights. Past t = 9 rate / (1 - rate)
+    the two agree; ``optim.ema_warmup = False`` gives the release's constant rate.
+    """
+    if not optim.get("ema_warmup", True):
+        return jnp.float32(optim.ema_rate)
+    t = step.astype(jnp.float32)
+    return jnp.minimum(optim.ema_rate, (1.0 + t) / (10.0 + t))
+
+
 def train_step(task, cfg, schedule, state: TrainState, batch, rng):
     """One optimizer step; pure (state in, state out)."""
     step = state.optimizer.step[...]
     graphdef, params = nnx.split(state.model, nnx.Param)
     (loss, aux), grads = _accumulated_grads(task, graphdef, params, batch, rng, step, cfg.optim.grad_accum)
     state.optimizer.update(state.model, grads)
-    rate = cfg.optim.ema_rate
+    rate = ema_rate(cfg.optim, step)
     ema = nnx.state(state.ema, nnx.Param)
     nnx.update(state.ema, jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, ema,
                                        nnx.state(state.model, nnx.Param)))

@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from configs import test as test_config
 from copgen_jax import parallel
 from copgen_jax.backbone_task import BackboneTask
-from copgen_jax.train import Trainer, train
+from copgen_jax.train import Trainer, ema_rate, train
 
 
 def config(**overrides):
@@ -117,14 +117,25 @@ def test_gradient_accumulation_equals_full_batch():
     np.testing.assert_allclose(weights[0], weights[1], rtol=1e-5, atol=1e-7)
 
 
-def test_ema_tracks_parameters():
-    cfg = config(**{"optim.ema_rate": 0.5, "optim.warmup_steps": 1})
+@pytest.mark.parametrize("warmup,rate_at_step_0", [(False, 0.5), (True, 0.1)])
+def test_ema_tracks_parameters(warmup, rate_at_step_0):
+    cfg = config(**{"optim.ema_rate": 0.5, "optim.warmup_steps": 1, "optim.ema_warmup": warmup})
     trainer = Trainer(cfg, LinearTask(), mesh_of(1))
     before = np.asarray(trainer.state.ema.kernel[...])
     batch = {"x": np.ones((8, 8), np.float32), "y": np.zeros(8, np.float32)}
     trainer.step(trainer.global_batch(batch), jax.random.key(0))
     after_params = np.asarray(trainer.state.model.kernel[...])
-    np.testing.assert_allclose(trainer.state.ema.kernel[...], 0.5 * before + 0.5 * after_params, rtol=1e-6)
+    np.testing.assert_allclose(trainer.state.ema.kernel[...],
+                               rate_at_step_0 * before + (1 - rate_at_step_0) * after_params, rtol=1e-6)
+
+
+def test_ema_warmup_forgets_the_initial_weights_then_holds_the_configured_rate():
+    optim = config(**{"optim.ema_rate": 0.998}).optim
+    rates = np.array([float(ema_rate(optim, jnp.int32(t))) for t in range(6000)])
+    assert rates[0] == pytest.approx(0.1) and np.all(np.diff(rates) >= 0)
+    assert np.all(rates[4500:] == np.float32(0.998))  # (1 + t) / (10 + t) passes 0.998 at t = 4491
+    # the initial weights' share after 1,200 steps: the product of the rates
+    assert np.prod(rates[:1200]) < 1e-3 < 0.998 ** 1200 / 10
 
 
 def test_resumed_run_matches_uninterrupted(tmp_path):
