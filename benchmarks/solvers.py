@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,14 +31,24 @@ SETTINGS = (("ddim50", "ddim", 50, 0), ("ddim50 seed 1", "ddim", 50, 1),
 HEADLINE = ("mae", "crps", "interval_coverage_5_95", "spread", "accuracy", "miou")
 
 
-def run_setting(copgen, cfg, groups, sampler, steps, seed) -> tuple[dict, float]:
+def load_run(workdir):
+    """(config, CopGen, held-out footprints by location) of a finished pipeline run."""
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()  # Grain reads absl flags
+    from copgen_jax.generate import CopGen
+    cfg = checkpoint.load_config(workdir)
+    copgen = CopGen.load(workdir)
+    groups = by_location(read_footprints(os.path.join(workdir, "data", "pixels"), copgen.registry, "test"))
+    return cfg, copgen, groups
+
+
+def run_setting(copgen, cfg, groups, **overrides) -> tuple[dict, float]:
+    """Every report task sampled with ``cfg.pipeline`` changed by ``overrides``; (results, seconds)."""
     p = cfg.pipeline.copy_and_resolve_references()
-    p.sampler, p.sample_steps, p.seed = sampler, steps, seed
-    results, start = {}, time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        for i, task in enumerate(p.tasks):
-            results[task] = demo_report.run_task(copgen, copgen.registry, task, groups, p,
-                                                 os.path.join(scratch, str(i)))
+    for key, value in overrides.items():
+        setattr(p, key, value)
+    start = time.perf_counter()
+    results = {task: demo_report.run_task(copgen, copgen.registry, task, groups, p, out_dir=None) for task in p.tasks}
     return results, time.perf_counter() - start
 
 
@@ -56,37 +65,48 @@ def rows(per_setting: dict) -> list[tuple]:
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="a finished pipeline run (configs/demo.py)")
-    parser.add_argument("--out", default="benchmarks/results/solvers.json")
-    args = parser.parse_args(argv)
-    from absl import flags
-    flags.FLAGS.mark_as_parsed()  # Grain reads absl flags
-    from copgen_jax.generate import CopGen
-    cfg = checkpoint.load_config(args.workdir)
-    copgen = CopGen.load(args.workdir)
-    groups = by_location(read_footprints(os.path.join(args.workdir, "data", "pixels"), copgen.registry, "test"))
-    per_setting, seconds = {}, {}
-    for label, sampler, steps, seed in SETTINGS:
-        per_setting[label], seconds[label] = run_setting(copgen, cfg, groups, sampler, steps, seed)
-        print(f"{label}: {seconds[label]:.1f} s", flush=True)
+def print_table(per_setting: dict, seconds: dict) -> list[tuple]:
+    """Prints the settings side by side, one row per task, modality and metric; returns the rows."""
     table = rows(per_setting)
     labels = list(per_setting)
     print(f"\n{'task':44s} {'modality':24s} {'metric':24s} " + " ".join(f"{lbl:>14s}" for lbl in labels))
     for task, name, metric, values in table:
         print(f"{task[:44]:44s} {name[:24]:24s} {metric:24s} " + " ".join(f"{v:14.4g}" for v in values))
     print(f"{'wall time (s), all tasks':94s} " + " ".join(f"{seconds[lbl]:14.1f}" for lbl in labels))
-    report = {"workdir": os.path.abspath(args.workdir), "step": checkpoint.latest_step(args.workdir),
-              "settings": [dict(zip(("label", "sampler", "steps", "seed"), s)) for s in SETTINGS],
+    return table
+
+
+def compare(workdir: str, settings: dict, out: str, **described) -> int:
+    """Runs every ``{label: pipeline overrides}`` setting, prints the table and writes ``out``.
+
+    ``described`` (what the settings were) goes into the JSON beside the rows and timings.
+    """
+    cfg, copgen, groups = load_run(workdir)
+    per_setting, seconds = {}, {}
+    for label, overrides in settings.items():
+        per_setting[label], seconds[label] = run_setting(copgen, cfg, groups, **overrides)
+        print(f"{label}: {seconds[label]:.1f} s", flush=True)
+    table = print_table(per_setting, seconds)
+    report = {"workdir": os.path.abspath(workdir), "step": checkpoint.latest_step(workdir), **described,
               "seconds": seconds, "host": f"{platform.machine()}, {os.cpu_count()} cores",
-              "n_samples": cfg.pipeline.n_samples, "footprints": cfg.pipeline.footprints,
-              "rows": [dict(task=t, modality=n, metric=m, values=dict(zip(labels, v))) for t, n, m, v in table]}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+              "rows": [dict(task=t, modality=n, metric=m, values=dict(zip(per_setting, v))) for t, n, m, v in table]}
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(report, f, indent=2)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="a finished pipeline run (configs/demo.py)")
+    parser.add_argument("--out", default="benchmarks/results/solvers.json")
+    args = parser.parse_args(argv)
+    p = checkpoint.load_config(args.workdir).pipeline
+    settings = {label: dict(sampler=sampler, sample_steps=steps, seed=seed) for label, sampler, steps, seed in SETTINGS}
+    return compare(args.workdir, settings, args.out,
+                   settings=[dict(zip(("label", "sampler", "steps", "seed"), s)) for s in SETTINGS],
+                   n_samples=p.n_samples, footprints=p.footprints, guidance=p.get("guidance", 1.0))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ def modality_metrics(m: Modality, truth: np.ndarray, samples: np.ndarray) -> dic
             "crps": float(metrics.crps(truth, np.moveaxis(samples, 1, 0)))}
 
 
-def run_task(copgen, registry: Registry, task: str, groups: dict, p, out_dir: str) -> dict:
+def run_task(copgen, registry: Registry, task: str, groups: dict, p, out_dir: str | None) -> dict:
+    """Samples ``task`` on held-out footprints; metrics, and with ``out_dir`` its GeoTIFFs and sheets."""
     given, generated = parse_task(task)
     chosen = pick_footprints(groups, given + generated, p.footprints)
     if not chosen:
@@ -94,6 +95,8 @@ def run_task(copgen, registry: Registry, task: str, groups: dict, p, out_dir: st
     result = {"given": given, "generated": generated, "footprints": [r["key"] for r in chosen],
               "metrics": {n: modality_metrics(registry[n], np.stack([r["pixels"][n] for r in chosen]), gen[n])
                           for n in generated}}
+    if out_dir is None:
+        return result
     first = chosen[0]
     footprint = geo.Footprint.from_grid(first["crs"], first["transform"], _base_pixels(registry))
     geo.write_generation(os.path.join(out_dir, "geotiff"), gen, footprint, item=0)

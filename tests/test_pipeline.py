@@ -57,6 +57,27 @@ def test_rerun_skips_finished_stages(tiny_demo):
     assert sum(timings.values()) < 30, timings  # nothing retrained, re-encoded or resampled
 
 
+def test_guidance_benchmark_reproduces_the_report_at_its_own_weight(tiny_demo, tmp_path):
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import guidance
+    cfg, workdir, _ = tiny_demo
+    p, out = cfg.pipeline, tmp_path / "guidance.json"
+    assert guidance.main([f"--workdir={workdir}", f"--weights=0,{p.guidance}", f"--footprints={p.footprints}",
+                          f"--n_samples={p.n_samples}", f"--out={out}"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["guidance.json"]  # metrics only: no sheets or GeoTIFFs
+    report = json.loads((workdir / "report" / "metrics.json").read_text())
+    rows = json.loads(out.read_text())["rows"]
+    task = "DEM_DEM->S2L2A_B02_B03_B04_B08"
+    assert {r["metric"] for r in rows} >= {"mae", "crps", "spread"}
+    for r in rows:
+        expected = report["tasks"][task]["metrics"][r["modality"]][r["metric"]]
+        assert r["values"][f"w={p.guidance:g}"] == pytest.approx(expected, rel=1e-5)
+        assert r["values"]["w=0"] != r["values"][f"w={p.guidance:g}"]  # w = 0 ignores the DEM
+    with pytest.raises(SystemExit, match="guidance weights are >= 0"):
+        guidance.main([f"--workdir={workdir}", "--weights=-1", f"--out={out}"])
+
+
 def test_report_footprints_span_cells_first():
     from copgen_jax.demo_report import pick_footprints
 
