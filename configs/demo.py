@@ -73,5 +73,9 @@ def get_config():
     p.footprints = 4  # held-out footprints per task
     p.n_samples = 8
     p.sampler, p.sample_steps = "dpm++", 20  # matches DDIM at 50 on these tasks (benchmarks/solvers.py)
-    p.guidance = 1.0  # classifier-free guidance weight of the report's samples
+    # Classifier-free guidance of the report's samples: on all 52 held-out places, w = 2 raises
+    # land-cover accuracy given location + DEM from 0.26 to 0.32 (0.22 ignoring both) and brings
+    # DEM + land cover -> S2 samples closer to the footprint (MAE of their mean 1589 -> 1512 DN)
+    # at a CRPS 2.5% higher (benchmarks/guidance.py).
+    p.guidance = 2.0
     return c
