@@ -7,8 +7,8 @@ A *task* supplies what differs between models:
       with get_state() / set_state(state) for exact resumption
   images(model, batch) -> {name: HWC uint8}   optional, for TensorBoard
 
-The loop owns the rest: mesh and shardings, AdamW with warm-up, an EMA with a warmed-up decay, gradient
-accumulation, one jitted step, logging, Orbax checkpoints, resume and SIGTERM.
+The loop owns the rest: mesh and shardings, AdamW with warm-up, an EMA with a warmed-up
+decay, gradient accumulation, one jitted step, logging, Orbax checkpoints, resume and SIGTERM.
 """
 from __future__ import annotations
 
