@@ -1,14 +1,17 @@
-"""How much of one modality's latent can be read from another's? The ceiling for conditioning.
+"""How much of one modality's latent can be read from others'? The ceiling for conditioning.
 
-For each pair "source->target", a predictor maps the source latent's 3 x 3 neighbourhood (on the
-target's grid) to the target latent at the centre, trained on the train split's latent shards
-(posterior means, scaled as the backbone sees them) and scored on the held-out split: R² = 1 -
-MSE / variance about the train mean. Two predictors: linear (least squares) and a two-layer MLP.
+For each relation "source[+source...]->target", a predictor maps each target cell's features to
+the target latent there: the 3 x 3 neighbourhood of every spatial source on the target's grid
+(and, for a coarser source, where the cell lies inside the source's cell), and the scalar sources
+(location, date) whole, as every token sees them. Trained on the train split's latent shards
+(posterior means, scaled as the backbone sees them), scored on the held-out split: R² = 1 - MSE /
+variance about the train mean. Two predictors: linear (least squares) and a two-layer MLP.
+
 A backbone that follows its conditions predicts the target at n = N (``conditioning.py``) about
-as well as these do; where they reach ~0 the latents carry no relation to learn.
+as well as the best of these; where they reach ~0 the latents carry no relation to learn.
 
   python benchmarks/latent_relations.py --workdir=runs/demo \\
-      --pairs="LULC_LULC->S2L2A_B02_B03_B04_B08,DEM_DEM->LULC_LULC"
+      --pairs="LULC_LULC->S2L2A_B02_B03_B04_B08,3d_cartesian_lat_lon+DEM_DEM->LULC_LULC"
 """
 from __future__ import annotations
 
@@ -29,19 +32,25 @@ from copgen_jax.backbone_task import latent_shards  # noqa: E402
 from copgen_jax.modalities import registry_from_config  # noqa: E402
 
 
-def load_pairs(latents_dir: str, registry, source: str, target: str, split: str):
-    """(N, C, H, W) scaled posterior means of ``source`` and ``target`` for records with both."""
+PREDICTORS = ("linear", "mlp")
+
+
+def load_pairs(latents_dir: str, registry, sources, target: str, split: str):
+    """([per source], target) scaled posterior means of the records holding every one of them:
+    (N, C, H, W) for spatial modalities, (N, D) for scalar ones (location, date)."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
     files, reg = latent_shards(latents_dir, registry, split)
-    src, dst = [], []
+    rows = []
     for f in files:
         for i, item in enumerate(tfrecord.read_records(f)):
             mean = data.parse_latent_moments((f, i, item), reg)["mean"]
-            if source in mean and target in mean:
-                src.append(mean[source] * reg[source].scale_factor)
-                dst.append(mean[target] * reg[target].scale_factor)
-    if not src:
-        raise ValueError(f"no {split} record in {latents_dir} has both {source} and {target}")
-    return np.stack(src).astype(np.float32), np.stack(dst).astype(np.float32)
+            if all(n in mean for n in (*sources, target)):
+                rows.append([mean[n] * reg[n].scale_factor for n in (*sources, target)])
+    if not rows:
+        raise ValueError(f"no {split} record in {latents_dir} has all of {' + '.join(sources)} and {target}")
+    stacked = [np.stack(col).astype(np.float32) for col in zip(*rows)]
+    flat = lambda n, x: x.reshape(len(x), -1) if reg[n].is_scalar else x  # noqa: E731
+    return [flat(n, x) for n, x in zip(sources, stacked)], flat(target, stacked[-1])
 
 
 def neighbourhoods(src: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -62,6 +71,14 @@ def neighbourhoods(src: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
         offset = np.broadcast_to(np.eye(fy * fx, dtype=feats.dtype)[within], (n, gh, gw, fy * fx))
         feats = np.concatenate([feats, offset], -1)
     return feats.reshape(n * gh * gw, -1)
+
+
+def local_features(sources, grid: tuple[int, int]) -> np.ndarray:
+    """Per target cell: every spatial source's neighbourhood, every scalar source (N, D) whole."""
+    n = len(sources[0])
+    feats = [neighbourhoods(x, grid) if x.ndim == 4 else np.repeat(x, grid[0] * grid[1], 0) for x in sources]
+    assert all(len(f) == n * grid[0] * grid[1] for f in feats)
+    return np.concatenate(feats, 1)
 
 
 def cells(x: np.ndarray) -> np.ndarray:
@@ -108,21 +125,24 @@ def fit_mlp(x, y, *, hidden=128, steps=2000, batch=4096, seed=0):
 
 
 def relation(train, test, *, mlp_steps=2000) -> dict:
-    """Held-out R² of the linear and MLP predictors; train/test are (source, target) latent pairs."""
-    grid = train[1].shape[2:]
-    x_tr, x_te = neighbourhoods(train[0], grid), neighbourhoods(test[0], grid)
-    y_tr, y_te = cells(train[1]), cells(test[1])
-    mean = y_tr.mean(0)
-    return {"linear": r2(fit_linear(x_tr, y_tr)(x_te), y_te, mean),
-            "mlp": r2(fit_mlp(x_tr, y_tr, steps=mlp_steps)(x_te), y_te, mean),
-            "train_records": len(train[0]), "test_records": len(test[0])}
+    """Held-out R² of the two predictors; train/test are (source or [sources], target) latents."""
+    as_list = lambda x: list(x) if isinstance(x, (list, tuple)) else [x]  # noqa: E731
+    (src_tr, y_tr), (src_te, y_te) = (as_list(train[0]), train[1]), (as_list(test[0]), test[1])
+    grid = y_tr.shape[2:]
+    x_tr, x_te = local_features(src_tr, grid), local_features(src_te, grid)
+    c_tr, c_te = cells(y_tr), cells(y_te)
+    mean = c_tr.mean(0)
+    return {"linear": r2(fit_linear(x_tr, c_tr)(x_te), c_te, mean),
+            "mlp": r2(fit_mlp(x_tr, c_tr, steps=mlp_steps)(x_te), c_te, mean),
+            "train_records": len(y_tr), "test_records": len(y_te)}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="a run whose data/latents holds latent shards")
     p.add_argument("--pairs", default="LULC_LULC->S2L2A_B02_B03_B04_B08,S2L2A_B02_B03_B04_B08->LULC_LULC,"
-                                       "DEM_DEM->LULC_LULC")
+                                       "DEM_DEM->LULC_LULC,3d_cartesian_lat_lon+DEM_DEM->LULC_LULC",
+                   help="comma-separated source[+source...]->target")
     p.add_argument("--split", default="test")
     p.add_argument("--mlp-steps", type=int, default=2000)
     p.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval/latent_relations.json)")
@@ -130,16 +150,17 @@ def main(argv=None) -> int:
     registry = registry_from_config(checkpoint.load_config(args.workdir))
     latents = os.path.join(args.workdir, "data", "latents")
     rows = []
-    print(f"{'source -> target':<56}{'linear':>8}{'mlp':>8}")
+    print(f"{'source -> target':<64}" + "".join(f"{k:>8}" for k in PREDICTORS))
     for pair in args.pairs.split(","):
         source, _, target = pair.partition("->")
-        for name in (source, target):
+        sources = source.split("+")
+        for name in (*sources, target):
             registry[name]  # unknown names raise, listing the known ones
-        train = load_pairs(latents, registry, source, target, "train")
-        test = load_pairs(latents, registry, source, target, args.split)
+        train = load_pairs(latents, registry, sources, target, "train")
+        test = load_pairs(latents, registry, sources, target, args.split)
         row = {"source": source, "target": target, **relation(train, test, mlp_steps=args.mlp_steps)}
         rows.append(row)
-        print(f"{source + ' -> ' + target:<56}{row['linear']:>8.3f}{row['mlp']:>8.3f}", flush=True)
+        print(f"{source + ' -> ' + target:<64}" + "".join(f"{row[k]:>8.3f}" for k in PREDICTORS), flush=True)
     out = args.out or os.path.join(args.workdir, "eval", "latent_relations.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:

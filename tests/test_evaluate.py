@@ -17,6 +17,7 @@ from copgen_jax.modalities import build_registry, registry_from_config
 from evaluate_fixtures import OBSERVATIONS, eval_run_dir, tiny_config
 
 DEM, LULC, S1, S2 = "DEM_DEM", "LULC_LULC", "S1RTC_vh_vv", "S2L2A_B02_B03_B04_B08"
+LOC = "3d_cartesian_lat_lon"
 TASKS = ("S1RTC->S2L2A", "S2L2A infill")  # one that runs, one this registry cannot run
 
 
@@ -252,6 +253,13 @@ def test_latent_relations_find_a_relation_that_exists_and_none_that_does_not():
     assert rel.relation((src[:48], within[:48]), (src[48:], within[48:]), mlp_steps=300)["mlp"] > 0.8
     assert rel.neighbourhoods(src, (12, 12)).shape == (64 * 144, 9 * 2 + 9)
     assert rel.neighbourhoods(src, (4, 4)).shape == (64 * 16, 9 * 2)  # same grid: no offset
+    # a footprint-wide value (a scalar source, (N, D), as location or date) reaches every cell
+    climate = rng.standard_normal((64, 1)).astype(np.float32)
+    shifted = fine[:, :1] + 2 * climate[:, :, None, None]
+    both = rel.relation(([src[:48], climate[:48]], shifted[:48]), ([src[48:], climate[48:]], shifted[48:]),
+                        mlp_steps=300)
+    assert both["linear"] > 0.9, both
+    assert rel.relation((src[:48], shifted[:48]), (src[48:], shifted[48:]), mlp_steps=300)["linear"] < 0.5
 
 
 def test_latent_relations_runs_on_a_runs_latent_shards(run, tmp_path):
@@ -261,10 +269,10 @@ def test_latent_relations_runs_on_a_runs_latent_shards(run, tmp_path):
     if not os.path.exists(os.path.join(latents, "manifest.json")):
         encode_shards(os.path.join(run, "tokenizers"), os.path.join(run, "data", "pixels"), latents, progress=False)
     out = tmp_path / "relations.json"
-    assert rel.main([f"--workdir={run}", f"--pairs={LULC}->{S2},{DEM}->{LULC}", "--mlp-steps=20",
+    assert rel.main([f"--workdir={run}", f"--pairs={LULC}->{S2},{LOC}+{DEM}->{LULC}", "--mlp-steps=20",
                      f"--out={out}"]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["source"], r["target"]) for r in rows] == [(LULC, S2), (DEM, LULC)]
+    assert [(r["source"], r["target"]) for r in rows] == [(LULC, S2), (f"{LOC}+{DEM}", LULC)]
     assert all(math.isfinite(r["linear"]) and math.isfinite(r["mlp"]) and r["test_records"] > 0 for r in rows)
     with pytest.raises(ValueError, match="unknown modality 'S2L1C_B01'; known: 3d_cartesian_lat_lon"):
         rel.main([f"--workdir={run}", "--pairs=S2L1C_B01->LULC_LULC", f"--out={out}"])
