@@ -20,6 +20,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.modalities.patch = 0  # 0 = official (2 for images)
     c.modalities.latent_channels = 0  # 0 = official (8)
     c.modalities.signed_dem = False  # keep elevations <= 0 (not in released weights)
+    # {name: {downsample, patch, latent_channels}} for single image modalities, over the above
+    c.modalities.per_modality = ml_collections.ConfigDict()
 
     # --- backbone (U-ViT, post-LN, one time token per modality) --------------
     c.model = ml_collections.ConfigDict()

@@ -406,40 +406,56 @@ class Registry(Sequence[Modality]):
         return {m.name: m.latent_shape for m in self._mods}
 
 
+TOKENISATION = ("downsample", "patch", "latent_channels")  # what ``per_modality`` may change
+
+
 def build_registry(names: Sequence[str] | None = None, pixel_scale: int = 1,
                    downsample: int = 8, patch: int | None = None,
-                   latent_channels: int | None = None, signed_dem: bool = False) -> Registry:
+                   latent_channels: int | None = None, signed_dem: bool = False,
+                   per_modality: dict[str, dict[str, int]] | None = None) -> Registry:
     """The official registry, or a smaller variant for tests and the demo.
 
     ``pixel_scale`` divides every native size (192 -> 48 for 4); ``downsample``
-    is the tokenizer's reduction; ``patch`` overrides the image patch size.
-    Sizes must stay divisible so every latent grid is whole.
+    is the tokenizer's reduction; ``patch`` overrides the image patch size;
+    ``per_modality`` overrides any of ``downsample``, ``patch`` and
+    ``latent_channels`` for single image modalities (a small DEM kept at a finer
+    latent grid than the rest). Sizes must stay divisible so every latent grid is whole.
     """
     official = Registry(OFFICIAL)
     chosen = official if names is None else official.subset(names)
+    per_modality = {k: dict(v) for k, v in (per_modality or {}).items()}
+    for name, own in per_modality.items():
+        if name not in chosen or chosen[name].is_scalar:
+            raise ModalityError(f"modalities.per_modality names {name!r}, which is not an image modality of "
+                                f"this registry ({', '.join(m.name for m in chosen.spatial)})")
+        if set(own) - set(TOKENISATION):
+            raise ModalityError(f"modalities.per_modality.{name} sets {sorted(set(own) - set(TOKENISATION))}; "
+                                f"only {', '.join(TOKENISATION)} can differ per modality")
     out = []
     for m in chosen:
         if m.is_scalar:
             out.append(m)
             continue
-        size = m.size // pixel_scale
-        p = patch or m.patch
-        if m.size % pixel_scale or size % downsample or (size // downsample) % p:
+        own = {"downsample": downsample, "patch": patch or m.patch,
+               "latent_channels": latent_channels or m.latent_channels, **per_modality.get(m.name, {})}
+        size, d, p = m.size // pixel_scale, own["downsample"], own["patch"]
+        if m.size % pixel_scale or size % d or (size // d) % p:
             raise ModalityError(
-                f"{m.name}: native {m.size} px / pixel_scale {pixel_scale} / downsample {downsample} "
+                f"{m.name}: native {m.size} px / pixel_scale {pixel_scale} / downsample {d} "
                 f"/ patch {p} does not give a whole token grid; choose divisors of {m.size}")
         codec = dataclasses.replace(m.codec, signed=True) if isinstance(m.codec, Elevation) and signed_dem else m.codec
-        out.append(dataclasses.replace(m, size=size, downsample=downsample, patch=p, codec=codec,
-                                       latent_channels=latent_channels or m.latent_channels,
-                                       gsd=m.gsd * pixel_scale if m.gsd else m.gsd))
+        out.append(dataclasses.replace(m, size=size, codec=codec, gsd=m.gsd * pixel_scale if m.gsd else m.gsd,
+                                       **own))
     return Registry(out)
 
 
 def registry_from_config(cfg) -> Registry:
     """Build the registry a config's ``modalities`` block asks for."""
     mc = cfg.modalities
+    per_modality = mc.get("per_modality") or {}
     return build_registry(
         names=list(mc.names) if mc.get("names") else None,
         pixel_scale=mc.get("pixel_scale", 1), downsample=mc.get("downsample", 8),
         patch=mc.get("patch") or None, latent_channels=mc.get("latent_channels") or None,
-        signed_dem=mc.get("signed_dem", False))
+        signed_dem=mc.get("signed_dem", False),
+        per_modality={k: dict(v) for k, v in dict(per_modality).items()})

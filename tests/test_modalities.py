@@ -109,3 +109,32 @@ def test_subsets_and_smaller_sizes():
     assert reg.num_tokens == 3 + 4 + 36 + 3
     with pytest.raises(ModalityError, match="does not give a whole token grid"):
         build_registry(["S2L2A_B01_B09"], pixel_scale=4, downsample=8)
+
+
+def test_per_modality_tokenisation_overrides_one_modality_and_survives_a_saved_config(tmp_path):
+    names = ["S2L2A_B02_B03_B04_B08", "DEM_DEM", "mean_timestamps"]
+    reg = build_registry(names, pixel_scale=4, downsample=4, patch=2, latent_channels=4,
+                         per_modality={"DEM_DEM": {"downsample": 2, "latent_channels": 2}})
+    assert reg["DEM_DEM"].latent_shape == (2, 8, 8) and reg["DEM_DEM"].num_tokens == 16
+    assert reg["S2L2A_B02_B03_B04_B08"].latent_shape == (4, 12, 12)  # the others keep the shared values
+    assert reg.num_tokens == 3 + 16 + 36 + 3
+
+    from configs.demo import get_config
+    from copgen_jax import checkpoint
+    from copgen_jax.modalities import registry_from_config
+    cfg = get_config()
+    checkpoint.save_config(tmp_path, cfg)  # a run's config.json: generation and encoding rebuild from it
+    assert registry_from_config(checkpoint.load_config(tmp_path)).latent_shapes() == \
+        registry_from_config(cfg).latent_shapes()
+    assert registry_from_config(cfg)["DEM_DEM"].latent_shape == (4, 8, 8)
+
+
+@pytest.mark.parametrize("per_modality, message", [
+    ({"LULC_LULC": {"downsample": 2}}, "not an image modality of this registry"),
+    ({"mean_timestamps": {"patch": 1}}, "not an image modality of this registry"),
+    ({"DEM_DEM": {"size": 32}}, "only downsample, patch, latent_channels can differ"),
+    ({"DEM_DEM": {"downsample": 32}}, "DEM_DEM: native 64 px .* does not give a whole token grid"),
+])
+def test_per_modality_errors_name_the_modality_and_the_fix(per_modality, message):
+    with pytest.raises(ModalityError, match=message):
+        build_registry(["DEM_DEM", "mean_timestamps"], pixel_scale=4, downsample=4, per_modality=per_modality)
