@@ -53,22 +53,31 @@ def load_pairs(latents_dir: str, registry, sources, target: str, split: str):
     return [flat(n, x) for n, x in zip(sources, stacked)], flat(target, stacked[-1])
 
 
+def source_cells(size: int, target: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Along one axis, for each of ``target`` cells: the cell of a ``size``-cell source under its
+    centre, which of the distinct places inside a source cell that centre takes, and how many
+    such places there are (1 where the source is as fine as the target or finer)."""
+    centre = (np.arange(target) + 0.5) * size / target
+    index = np.floor(centre).astype(np.int64)
+    places, where = np.unique(np.round(centre - index, 6), return_inverse=True)
+    return index, where, len(places)
+
+
 def neighbourhoods(src: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(N, C, h, w) -> (N * H * W, 9 C + fy fx): each target cell's 3 x 3 source neighbourhood,
-    and, for a coarser source (fy x fx target cells per source cell), a one-hot of where the target
-    cell lies inside its source cell, as the backbone knows from its token positions."""
+    """(N, C, h, w) -> (N * H * W, 9 C + places): the source read at each target cell's centre,
+    its 3 x 3 neighbourhood on the target grid, and, for a coarser source, a one-hot of where
+    the target cell lies inside its source cell, as the backbone knows from its token positions.
+    Any two grids work (a 4 x 4 source under a 12 x 12 target, or 8 x 8 under 12 x 12)."""
     n, c, h, w = src.shape
     gh, gw = grid
-    if gh % h or gw % w:
-        raise ValueError(f"source grid {h}x{w} does not divide the target grid {gh}x{gw}")
-    fy, fx = gh // h, gw // w
-    up = np.repeat(np.repeat(src, fy, 2), fx, 3)
+    (iy, wy, ny), (ix, wx, nx) = source_cells(h, gh), source_cells(w, gw)
+    up = src[:, :, iy][:, :, :, ix]
     pad = np.pad(up, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
     feats = np.concatenate([pad[:, :, i:i + gh, j:j + gw] for i in range(3) for j in range(3)], 1)
     feats = feats.transpose(0, 2, 3, 1)
-    if fy * fx > 1:
-        within = (np.arange(gh)[:, None] % fy) * fx + np.arange(gw)[None, :] % fx
-        offset = np.broadcast_to(np.eye(fy * fx, dtype=feats.dtype)[within], (n, gh, gw, fy * fx))
+    if ny * nx > 1:
+        within = wy[:, None] * nx + wx[None, :]
+        offset = np.broadcast_to(np.eye(ny * nx, dtype=feats.dtype)[within], (n, gh, gw, ny * nx))
         feats = np.concatenate([feats, offset], -1)
     return feats.reshape(n * gh * gw, -1)
 

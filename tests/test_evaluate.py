@@ -245,8 +245,15 @@ def test_latent_relations_find_a_relation_that_exists_and_none_that_does_not():
         assert scores["test_records"] == 16
     # the non-linear half of the relation is beyond the linear predictor
     assert rel.relation((src[:48], related[:48, 1:]), (src[48:], related[48:, 1:]), mlp_steps=300)["linear"] < 0.5
-    with pytest.raises(ValueError, match="source grid 4x4 does not divide the target grid 6x6"):
-        rel.neighbourhoods(src, (6, 6))
+    # grids whose sides do not divide (a 16 px DEM at 1/2 under a 48 px land cover at 1/4): each
+    # target cell reads the source cell under its centre, and which third of it it lies in
+    assert rel.neighbourhoods(src, (6, 6)).shape == (64 * 36, 9 * 2 + 9)
+    centre = rel.neighbourhoods(src, (6, 6))[:, 4 * 2:5 * 2].reshape(64, 6, 6, 2)
+    np.testing.assert_array_equal(centre[:, :, :, 0], src[:, 0][:, [0, 1, 1, 2, 3, 3]][:, :, [0, 1, 1, 2, 3, 3]])
+    dem = rng.standard_normal((64, 1, 8, 8)).astype(np.float32)
+    below = [0, 1, 1, 2, 3, 3, 4, 5, 5, 6, 7, 7]  # the 8-cell source under each of 12 centres
+    under = np.tanh(dem[:, :, below][:, :, :, below])
+    assert rel.relation((dem[:48], under[:48]), (dem[48:], under[48:]), mlp_steps=300)["mlp"] > 0.9
     # a target that varies inside each source cell: found only through the cell offset feature
     ramp = np.tile(np.arange(3, dtype=np.float32), 4)[None, None, None, :]  # 0 1 2 across each source cell
     within = fine[:, :1] * ramp
