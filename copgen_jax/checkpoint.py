@@ -23,7 +23,8 @@ ARRAY_ITEMS = ("params", "ema_params", "opt_state")
 
 
 def checkpoint_dir(workdir) -> epath.Path:
-    return epath.Path(workdir) / "checkpoints"
+    # absolute: Orbax's array reads refuse relative paths (CopGen.load("runs/demo"))
+    return epath.Path(fileio.abspath(workdir)) / "checkpoints"
 
 
 def manager(workdir, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:

@@ -29,6 +29,13 @@ def conditions(batch=None):
             DATE: "2021-06-17"}
 
 
+def test_load_from_a_relative_path(run, model, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(run))
+    relative = CopGen.load(os.path.basename(run))  # as `CopGen.load("runs/demo")` from the checkout
+    for a, b in zip(jax.tree.leaves(model._params), jax.tree.leaves(relative._params)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_load_uses_tokenizer_scale_factors_and_presence_masks(run, model):
     assert model.registry[DEM].scale_factor == 0.5  # from scale_factor.json
     assert model.registry[S2].scale_factor == pytest.approx(0.853416)  # the registry's default
@@ -157,6 +164,17 @@ def test_geotiff_conditions_give_the_footprint(model, tmp_path):
 def test_errors_name_the_problem(model, generate, cond, match):
     with pytest.raises(ModalityError, match=match):
         model.generate(generate, cond, steps=1)
+
+
+def test_tokenizers_of_another_registry_are_refused(model):
+    from flax import nnx
+    from copgen_jax.models.tokenizer import AutoencoderKL
+    backbone = nnx.merge(model._graphdef, model._params)
+    with nnx.use_eager_sharding(False):
+        halves_once = AutoencoderKL(1, 1, ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"the DEM_DEM tokenizer gives 4 channels at 1/2 of 16 px; the backbone "
+                                         r"expects \(4, 4, 4\) \(1/4\)"):
+        CopGen(model.cfg, model.registry, backbone, {DEM: halves_once})
 
 
 def test_argument_errors(model):
