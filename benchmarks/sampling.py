@@ -29,11 +29,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from copgen_jax import pipeline  # noqa: E402
 from copgen_jax.generate import CopGen  # noqa: E402
 from copgen_jax.models.backbone import backbone_from_config  # noqa: E402
-from copgen_jax.models.tokenizer import AutoencoderKL  # noqa: E402
+from copgen_jax.models.tokenizer import autoencoder_from_config  # noqa: E402
 from copgen_jax.modalities import registry_from_config  # noqa: E402
 from copgen_jax.tiny_run import host_initialised  # noqa: E402
+from copgen_jax.tokenizer_task import tokenizer_config  # noqa: E402
 
 GIVEN = ("DEM_DEM", "LULC_LULC")
 TARGET = "S2L2A_B02_B03_B04_B08"
@@ -47,12 +49,12 @@ def load_config(name):
     return module.get_config()
 
 
-def tokenizer_sizes(cfg) -> dict:
+def tokenizer_model(cfg, name):
+    """The tokenizer a run of ``cfg`` would train for ``name``: the demo pipeline's (with its
+    per-modality overrides), otherwise the official layout."""
     if cfg.get("pipeline") and cfg.pipeline.get("tokenizer"):
-        t = cfg.pipeline.tokenizer.model
-        return dict(ch=t.ch, ch_mult=tuple(t.ch_mult), num_res_blocks=t.num_res_blocks,
-                    norm_groups=t.get("norm_groups", 32))
-    return dict(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2)
+        return pipeline.tokenizer_config(cfg, name, "").tokenizer
+    return tokenizer_config()
 
 
 def timed(fn, reps):
@@ -71,10 +73,7 @@ def timed(fn, reps):
 def build(cfg):
     reg = registry_from_config(cfg)
     backbone = host_initialised(lambda: backbone_from_config(cfg, reg, nnx.Rngs(0)), 0)
-    sizes = tokenizer_sizes(cfg)
-    aes = {n: host_initialised(lambda m=reg[n]: AutoencoderKL(m.pixel_shape[0], m.pixel_shape[0],
-                                                              z_channels=m.latent_channels, rngs=nnx.Rngs(0),
-                                                              **sizes), i)
+    aes = {n: host_initialised(lambda n=n: autoencoder_from_config(tokenizer_model(cfg, n), reg[n], nnx.Rngs(0)), i)
            for i, n in enumerate((*GIVEN, TARGET))}
     return reg, CopGen(cfg, reg, backbone, aes)
 

@@ -102,6 +102,7 @@ class CopGen:
         replicated = NamedSharding(self.mesh, P())
         self._tokenizers = {}
         for name, ae in autoencoders.items():
+            generate_load.check_tokenizer(ae, registry[name], "CopGen")
             graphdef, state = nnx.split(ae)
             encode = jax.jit(lambda st, x, key, g=graphdef: sample_latent(*nnx.merge(g, st).encode(x), key))
             decode = jax.jit(lambda st, z, g=graphdef: nnx.merge(g, st).decode(z))

@@ -79,9 +79,16 @@ def load_autoencoders(tokenizers_dir, registry: Registry):
                                     f"modality={m.name} --workdir={run}` or convert the released weights")
         tok = load_tokenizer(run, registry=registry)  # the EMA weights; a stale scale factor is ignored
         out[m.name], factors[m.name] = tok.autoencoder, tok.scale_factor
-        if out[m.name].z_channels != m.latent_channels or out[m.name].downsample != m.downsample:
-            raise ValueError(f"{run}: its latents have {out[m.name].z_channels} channels at 1/{out[m.name].downsample}"
-                             f" resolution; the backbone expects {m.latent_shape}; use tokenizers of its registry")
+        check_tokenizer(tok.autoencoder, m, str(run))
     registry = Registry(dataclasses.replace(m, scale_factor=factors[m.name]) if factors.get(m.name) else m
                         for m in registry)
     return out, registry
+
+
+def check_tokenizer(autoencoder, modality, where: str) -> None:
+    """A tokenizer must give the latent its backbone was built for: same channels, same reduction."""
+    if (autoencoder.z_channels, autoencoder.downsample) != (modality.latent_channels, modality.downsample):
+        raise ValueError(f"{where}: the {modality.name} tokenizer gives {autoencoder.z_channels} channels at "
+                         f"1/{autoencoder.downsample} of {modality.size} px; the backbone expects "
+                         f"{modality.latent_shape} (1/{modality.downsample}); use tokenizers of its registry "
+                         f"(modalities.downsample, modalities.per_modality)")
