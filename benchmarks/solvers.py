@@ -76,14 +76,14 @@ def print_table(per_setting: dict, seconds: dict) -> list[tuple]:
     return table
 
 
-def compare(workdir: str, settings: dict, out: str, **described) -> int:
+def compare(workdir: str, overrides_by_label: dict, out: str, **described) -> int:
     """Runs every ``{label: pipeline overrides}`` setting, prints the table and writes ``out``.
 
     ``described`` (what the settings were) goes into the JSON beside the rows and timings.
     """
     cfg, copgen, groups = load_run(workdir)
     per_setting, seconds = {}, {}
-    for label, overrides in settings.items():
+    for label, overrides in overrides_by_label.items():
         per_setting[label], seconds[label] = run_setting(copgen, cfg, groups, **overrides)
         print(f"{label}: {seconds[label]:.1f} s", flush=True)
     table = print_table(per_setting, seconds)

@@ -78,6 +78,20 @@ def test_guidance_benchmark_reproduces_the_report_at_its_own_weight(tiny_demo, t
         guidance.main([f"--workdir={workdir}", "--weights=-1", f"--out={out}"])
 
 
+def test_solvers_benchmark_tabulates_every_setting(tiny_demo, tmp_path):
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import solvers
+    _, workdir, _ = tiny_demo
+    out = tmp_path / "solvers.json"
+    assert solvers.main([f"--workdir={workdir}", f"--out={out}"]) == 0
+    result = json.loads(out.read_text())
+    labels = [s["label"] for s in result["settings"]]
+    assert labels == [label for label, *_ in solvers.SETTINGS] and set(result["seconds"]) == set(labels)
+    mae = next(r["values"] for r in result["rows"] if r["metric"] == "mae")
+    assert set(mae) == set(labels) and mae["ddim50"] != mae["ddim50 seed 1"]  # another seed, other samples
+
+
 def test_report_footprints_span_cells_first():
     from copgen_jax.demo_report import pick_footprints
 
