@@ -64,10 +64,9 @@ def get_config():
     p.tokenizer.shuffle_buffer = 64
     # 16 px DEM: grouped norms let its latent collapse in short runs (one channel per group
     # does not); the 48 px modalities need grouped norms to keep their brightness. log1p leaves
-    # a footprint's hills a few thousandths of the DEM's unit range, so
-    # its tokenizer needs precision more than capacity: 3600 steps (cheap at 16 px) with the
-    # learning rate decayed to 1e-5 rebuild the relief to R² 0.87 (tokenizer_eval), against 0.71
-    # at 1800 steps decayed and 0.68 at 1800 constant.
+    # a footprint's hills a few thousandths of the DEM's unit range, so its tokenizer needs
+    # precision more than capacity: 3600 steps (cheap at 16 px) with the learning rate decayed to
+    # 1e-5 rebuild the relief to R² 0.87 (tokenizer_eval), 0.71 at 1800 decayed, 0.68 at 1800 constant.
     p.tokenizer.per_modality = ml_collections.ConfigDict({"DEM_DEM": {
         "model": {"norm_groups": 16, "ch_mult": (1, 2)},
         "optim": {"schedule": "polynomial", "end_lr": 1e-5, "decay_steps": 3550},
