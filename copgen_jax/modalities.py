@@ -452,10 +452,8 @@ def build_registry(names: Sequence[str] | None = None, pixel_scale: int = 1,
 def registry_from_config(cfg) -> Registry:
     """Build the registry a config's ``modalities`` block asks for."""
     mc = cfg.modalities
-    per_modality = mc.get("per_modality") or {}
     return build_registry(
         names=list(mc.names) if mc.get("names") else None,
         pixel_scale=mc.get("pixel_scale", 1), downsample=mc.get("downsample", 8),
         patch=mc.get("patch") or None, latent_channels=mc.get("latent_channels") or None,
-        signed_dem=mc.get("signed_dem", False),
-        per_modality={k: dict(v) for k, v in dict(per_modality).items()})
+        signed_dem=mc.get("signed_dem", False), per_modality=mc.get("per_modality"))
