@@ -59,7 +59,7 @@ def _pairs(items, flag):
 
 def build_conditions(args, registry) -> dict:
     """GeoTIFF conditions plus the scalar ones, matched to the registry by codec (never by name)."""
-    from copgen_jax.modalities import Date, LatLon
+    from copgen_jax.codecs import Date, LatLon
     conditions = _pairs(args.condition, "--condition")
     for name, path in conditions.items():
         if registry[name].is_scalar:
@@ -99,7 +99,8 @@ class Progress:
 def run(args) -> dict:
     from copgen_jax import geo, visualize
     from copgen_jax.generate import CopGen
-    from copgen_jax.modalities import LatLon, registry_from_config
+    from copgen_jax.codecs import LatLon
+    from copgen_jax.modalities import registry_from_config
     from copgen_jax import checkpoint, generate_load
 
     workdir, _ = generate_load.run_dir(args.workdir, args.step)

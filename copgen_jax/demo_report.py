@@ -25,7 +25,8 @@ import numpy as np
 
 from copgen_jax import geo, metrics
 from copgen_jax.footprint_records import by_location, read_footprints
-from copgen_jax.modalities import CATEGORICAL, LatLon, LogPower, Modality, Registry
+from copgen_jax.codecs import LatLon, LogPower
+from copgen_jax.modalities import CATEGORICAL, Modality, Registry
 
 
 def parse_task(task: str) -> tuple[list[str], list[str]]:

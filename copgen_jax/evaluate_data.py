@@ -20,7 +20,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from copgen_jax.modalities import CATEGORICAL, IMAGE, LogPower, Modality, Reflectance, Registry
+from copgen_jax.codecs import LogPower, Reflectance
+from copgen_jax.modalities import CATEGORICAL, IMAGE, Modality, Registry
 
 S1_DB_RANGE = (-50.0, 10.0)
 

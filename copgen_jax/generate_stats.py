@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from copgen_jax.modalities import CATEGORICAL, IMAGE, Date, LatLon, Modality
+from copgen_jax.codecs import Date, LatLon
+from copgen_jax.modalities import CATEGORICAL, IMAGE, Modality
 
 EARTH_RADIUS_KM = 6371.0088
 

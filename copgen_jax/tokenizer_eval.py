@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from copgen_jax import metrics
-from copgen_jax.modalities import CATEGORICAL, LogPower, Modality, Reflectance
+from copgen_jax.codecs import LogPower, Reflectance
+from copgen_jax.modalities import CATEGORICAL, Modality
 from copgen_jax.models.tokenizer import outputs_to_pixels
 from copgen_jax.tokenizer_data import pixel_batches
 from copgen_jax.tokenizer_store import Tokenizer, _bound, load_tokenizer

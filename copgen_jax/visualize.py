@@ -22,7 +22,8 @@ import numpy as np
 from matplotlib import colormaps, colors as mcolors
 from matplotlib.figure import Figure
 
-from copgen_jax.modalities import CATEGORICAL, Date, Elevation, LatLon, LogPower, Modality, Reflectance
+from copgen_jax.codecs import Date, Elevation, LatLon, LogPower, Reflectance
+from copgen_jax.modalities import CATEGORICAL, Modality
 
 
 def _stretch(x, lo=None, hi=None):

@@ -33,7 +33,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform as warp_transform
 
-from copgen_jax.modalities import CATEGORICAL, Date, LatLon, Modality, Registry
+from copgen_jax.codecs import Date, LatLon
+from copgen_jax.modalities import CATEGORICAL, Modality, Registry
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from copgen_jax.modalities import Elevation, LogPower, OneHot, Reflectance, Registry, build_registry
+from copgen_jax.codecs import Elevation, LogPower, OneHot, Reflectance
+from copgen_jax.modalities import Registry, build_registry
 from datasets.footprints import spatial
 from datasets.majortom import SINGLE_FILE_PRODUCTS, product_dir
 from datasets.synthetic.geometry import sample_cells
