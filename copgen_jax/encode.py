@@ -31,7 +31,8 @@ import numpy as np
 from copgen_jax import checkpoint, data, shard_writer
 from copgen_jax.modalities import Registry, registry_from_config
 from copgen_jax.tokenizer_data import pixel_batches
-from copgen_jax.tokenizer_store import Tokenizer, compute_scale_factor, load_tokenizer, write_scale_factor
+from copgen_jax.tokenizer_store import (Tokenizer, apply_scale_info, compute_scale_factor, load_tokenizer,
+                                       write_scale_factor)
 
 TOKENIZERS_FILE = "tokenizers.json"
 
@@ -90,7 +91,7 @@ def ensure_scale_factors(toks: dict[str, Tokenizer], pixel_dir: str, *, batches:
             info = compute_scale_factor(tok, pixel_batches(pixel_dir, tok.modality, batch_size, "train", n),
                                         seed=tok.cfg.get("seed", 0))
             write_scale_factor(tok.run_dir, info)
-            tok.scale_factor = info["scale_factor"]
+            apply_scale_info(tok, info)
             logging.info("%s: scale factor %.6f from %d examples", name, tok.scale_factor, info["examples"])
         out[name] = tok.scale_factor
     return out

@@ -7,10 +7,19 @@ A tokenizer run directory (one per modality, conventionally
   config.json          the config it was trained with (cfg.tokenizer.modality names it)
   checkpoints/<step>/  Orbax items ``params`` and ``ema_params`` (a TokenizerWithDisc)
   scale_factor.json    {"modality", "scale_factor" = 1 / std of sampled training latents,
-                        "mean", "std", "count" (latent values seen), "examples", "step"}
+                        "mean", "std", "count" (latent values seen), "examples", "step",
+                        and with ``tokenizer.center_latents`` "shift": per-channel means}
 
 Loading takes the EMA weights of the newest checkpoint (what the release ships);
 a scale factor recorded for another step is ignored (and so recomputed by encoding).
+
+Centred latents: a KL autoencoder's channels keep means far from 0 (the demo's S2
+latent has -1.3 in one channel, with a spread of 1.0). A diffusion model's x0 guess
+at high noise shrinks towards 0, and every sampler step inherits that pull, so short
+runs' samples drift off the data's mean (the demo's S2 samples came out as white
+glare). With a recorded ``shift`` the loaded tokenizer encodes ``z - shift`` and
+decodes it as it decoded ``z``: the shift folds exactly into the biases of the two
+1x1 convolutions around the latent, so nothing downstream knows about it.
 """
 from __future__ import annotations
 
@@ -79,8 +88,24 @@ def _bound(module, fn):
 
 
 def _moment_sums(ae, x, rng):
+    """Per-channel sums of z and z^2 over a batch of pixels."""
     z = sample_latent(*ae.encode(x), rng)
-    return jnp.sum(z), jnp.sum(jnp.square(z))
+    return jnp.sum(z, axis=(0, 2, 3)), jnp.sum(jnp.square(z), axis=(0, 2, 3))
+
+
+def fold_shift(ae: AutoencoderKL, shift) -> None:
+    """Make ``ae`` encode ``z - shift`` and decode that as it decoded ``z`` (in place, exact)."""
+    shift = jnp.asarray(shift, jnp.float32)
+    q, post = ae.quant_conv, ae.post_quant_conv
+    q.bias[...] = q.bias[...].at[:ae.z_channels].add(-shift)  # the first half of the moments is the mean
+    post.bias[...] = post.bias[...] + shift @ post.kernel[...][0, 0]
+
+
+def apply_scale_info(tok: Tokenizer, info: dict) -> None:
+    """Adopt a computed or stored ``scale_factor.json``: its factor and, if any, its shift."""
+    tok.scale_factor = info["scale_factor"]
+    if info.get("shift") is not None:
+        fold_shift(tok.autoencoder, info["shift"])
 
 
 def build_model(task: TokenizerTask, seed: int = 0) -> TokenizerWithDisc:
@@ -127,8 +152,10 @@ def load_tokenizer(run_dir, step: int | None = None, registry=None) -> Tokenizer
     if info and info.get("step", step) != step:  # computed for other weights: recompute
         logging.warning("%s: %s is for step %s, not %d; ignoring it", run_dir, SCALE_FILE, info.get("step"), step)
         info = None
-    return Tokenizer(model.autoencoder, task.modality, cfg, run_dir, int(step),
-                     info["scale_factor"] if info else None)
+    tok = Tokenizer(model.autoencoder, task.modality, cfg, run_dir, int(step), None)
+    if info:
+        apply_scale_info(tok, info)
+    return tok
 
 
 # ---------------------------------------------------------------------------
@@ -136,30 +163,38 @@ def load_tokenizer(run_dir, step: int | None = None, registry=None) -> Tokenizer
 # ---------------------------------------------------------------------------
 
 
-def compute_scale_factor(tok: Tokenizer, batches: Iterable[np.ndarray], seed: int = 0) -> dict:
+def compute_scale_factor(tok: Tokenizer, batches: Iterable[np.ndarray], seed: int = 0,
+                         center: bool | None = None) -> dict:
     """Statistics of ``z = mean + sigma eps`` over ``batches`` of network-range pixels.
 
-    Sums run in float64 on the host, so the result does not depend on how the
-    data was batched beyond the random draws.
+    ``center`` (default: the run's ``tokenizer.center_latents``) also records each
+    channel's mean as ``shift``; "mean", "std" and the factor are then those of the
+    centred latents, as the tokenizer encodes them once loaded (see the module doc).
+    Sums run in float64 on the host, so the result does not depend on how the data
+    was batched beyond the random draws.
     """
+    if center is None:
+        center = bool(tok.cfg.tokenizer.get("center_latents", False))
     sums = _bound(tok.autoencoder, _moment_sums)
-
     total = total_sq = 0.0
-    count = examples = 0
+    per_channel = examples = 0
     rng = jax.random.key(seed)
     for i, x in enumerate(batches):
         s, sq = sums(jnp.asarray(x, jnp.float32), jax.random.fold_in(rng, i))
-        n = len(x) * math.prod(tok.modality.latent_shape)
-        total, total_sq, count, examples = total + float(s), total_sq + float(sq), count + n, examples + len(x)
-    if not count:
+        total, total_sq = total + np.asarray(s, np.float64), total_sq + np.asarray(sq, np.float64)
+        per_channel, examples = per_channel + len(x) * math.prod(tok.modality.latent_shape[1:]), examples + len(x)
+    if not examples:
         raise ValueError(f"{tok.modality.name}: no training examples to compute the scale factor from "
                          "(is the modality present in the train split?)")
-    mean = total / count
-    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    channel_mean, channel_sq = total / per_channel, total_sq / per_channel
+    shift = channel_mean if center else np.zeros_like(channel_mean)
+    mean = float(np.mean(channel_mean - shift))
+    std = float(np.sqrt(max(np.mean(channel_sq - 2 * shift * channel_mean + shift ** 2) - mean * mean, 0.0)))
     if not std > 0:
         raise ValueError(f"{tok.modality.name}: sampled latents have zero spread; the tokenizer is degenerate")
-    return {"modality": tok.modality.name, "scale_factor": 1.0 / std, "mean": mean, "std": std,
-            "count": count, "examples": examples, "step": tok.step}
+    info = {"modality": tok.modality.name, "scale_factor": 1.0 / std, "mean": mean, "std": std,
+            "count": per_channel * len(channel_mean), "examples": examples, "step": tok.step}
+    return info | {"shift": channel_mean.tolist()} if center else info
 
 
 def write_scale_factor(run_dir, info: dict) -> None:

@@ -60,6 +60,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     t.disc_weight = 0.5
     t.preview_count = 4  # examples shown in TensorBoard previews
     t.scale_factor_batches = 64  # batches of training latents behind the scale factor
+    # Also record each latent channel's mean and encode latents centred (tokenizer_store): the
+    # release's latents are scaled only, which its converted backbone expects.
+    t.center_latents = False
     return t
 
 

@@ -1,6 +1,7 @@
 """Modality tokenizers: layout, shapes, losses, GAN gradient separation, scale factors, encoding."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +15,8 @@ from copgen_jax import encode, parallel, shard_writer, shards, tfrecord
 from copgen_jax.modalities import build_registry, registry_from_config
 from copgen_jax.models.tokenizer import AutoencoderKL, autoencoder_from_config, outputs_to_pixels
 from copgen_jax.tokenizer_eval import evaluation_units
-from copgen_jax.tokenizer_store import (build_model, compute_scale_factor, export_tokenizer, load_tokenizer,
-                                       read_scale_factor, write_scale_factor)
+from copgen_jax.tokenizer_store import (apply_scale_info, build_model, compute_scale_factor, export_tokenizer,
+                                       load_tokenizer, read_scale_factor, write_scale_factor)
 from copgen_jax.tokenizer_task import TokenizerTask
 from copgen_jax.train import Trainer
 
@@ -271,6 +272,35 @@ def test_scale_factors_computed_and_stored(tokenizers_dir, pixel_dir):
     assert load_tokenizer(toks[DEM].run_dir).scale_factor is None
     write_scale_factor(toks[DEM].run_dir, stored)
     assert encode.ensure_scale_factors(encode.load_tokenizers(tokenizers_dir, [DEM, S2]), pixel_dir) == factors
+
+
+def test_centred_latents_decode_as_before(tokenizers_dir, pixel_dir, tmp_path):
+    run = str(tmp_path / S2)
+    shutil.copytree(os.path.join(tokenizers_dir, S2), run)
+    write_scale_factor(run, {"scale_factor": 1.0, "step": 6})  # another step's: ignored, weights stay raw
+    tok = load_tokenizer(run)
+    x = jnp.concatenate([r["values"][S2][None] for g in records(pixel_dir, "train", shards.PIXELS)
+                         for r in g if r["present"][S2]])
+    checkpoint_means = np.asarray(tok.encode_fn()(x)[0])
+    ae, z = tok.autoencoder, tok.autoencoder.z_channels
+    offsets = jnp.arange(z, dtype=jnp.float32) - 1.5  # channel means far from 0, a point posterior
+    ae.quant_conv.bias[...] = jnp.concatenate([ae.quant_conv.bias[...][:z] + offsets, jnp.full((z,), -1e3)])
+    raw = np.asarray(tok.encode_fn()(x)[0], np.float64)
+    decoded = tok.decode_fn()(jnp.asarray(raw, jnp.float32))
+    info = compute_scale_factor(tok, [x[:4], x[4:]], center=True)
+    np.testing.assert_allclose(info["shift"], raw.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    centred = raw - raw.mean(axis=(0, 2, 3), keepdims=True)
+    np.testing.assert_allclose(info["scale_factor"], 1 / centred.std(), rtol=1e-4)
+    apply_scale_info(tok, info)
+    now = np.asarray(tok.encode_fn()(x)[0])
+    np.testing.assert_allclose(now, centred, atol=1e-4)  # encodes z - shift ...
+    np.testing.assert_allclose(tok.decode_fn()(jnp.asarray(now)), decoded, atol=1e-4)  # ... decodes it as z
+    # Stored with the run, the shift is folded in at every load; without center_latents none is recorded.
+    write_scale_factor(run, {"scale_factor": 2.0, "step": 7, "shift": offsets.tolist()})
+    loaded = load_tokenizer(run)
+    assert loaded.scale_factor == 2.0
+    np.testing.assert_allclose(loaded.encode_fn()(x)[0], checkpoint_means - offsets[:, None, None], atol=1e-4)
+    assert "shift" not in compute_scale_factor(load_tokenizer(run), [x]) and tok.cfg.tokenizer.center_latents is False
 
 
 def test_encoding_resumes_after_interruption(tokenizers_dir, pixel_dir, tmp_path, monkeypatch):
