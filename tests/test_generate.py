@@ -48,6 +48,19 @@ def test_load_uses_tokenizer_scale_factors_and_presence_masks(run, model):
         CopGen.load(run, step=999)
 
 
+def test_a_centring_tokenizer_needs_its_recorded_shift(run, tmp_path):
+    import json
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    tok_dir = copy / "tokenizers" / S2
+    cfg = json.loads((tok_dir / "config.json").read_text())
+    cfg["tokenizer"]["center_latents"] = True
+    (tok_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FileNotFoundError, match=f"centring tokenizer without its {S2} scale_factor.json"):
+        CopGen.load(str(copy))
+
+
 def test_outputs_shapes_units_and_conditions_held_exactly(model):
     cond = conditions()
     gen = model.generate([S2], cond, n_samples=2, steps=2, seed=4, stats=True)
