@@ -73,7 +73,8 @@ def test_guidance_benchmark_reproduces_the_report_at_its_own_weight(tiny_demo, t
     for r in rows:
         expected = report["tasks"][task]["metrics"][r["modality"]][r["metric"]]
         assert r["values"][f"w={p.guidance:g}"] == pytest.approx(expected, rel=1e-5)
-        assert r["values"]["w=0"] != r["values"][f"w={p.guidance:g}"]  # w = 0 ignores the DEM
+    # w = 0 ignores the DEM: other samples (a coverage fraction of this tiny model may still tie)
+    assert {r["metric"] for r in rows if r["values"]["w=0"] != r["values"][f"w={p.guidance:g}"]} >= {"mae", "crps"}
     with pytest.raises(SystemExit, match="guidance weights are >= 0"):
         guidance.main([f"--workdir={workdir}", "--weights=-1", f"--out={out}"])
 
