@@ -38,7 +38,7 @@ def get_config():
     c.optim.lr = 2e-3
     c.optim.b1 = 0.9
     c.optim.warmup_steps = 200
-    c.optim.schedule, c.optim.end_lr, c.optim.decay_steps = "polynomial", 2e-5, 900
+    c.optim.schedule, c.optim.end_lr, c.optim.decay_steps = "polynomial", 2e-5, 0  # 0: to the last step
     c.optim.ema_rate = 0.998
     c.diffusion.modality_dropout = 0.2  # trains every subset as a condition; absent modalities drop out
     c.diffusion.condition_rate = 0.3  # clean conditions at timestep 0, as sampling feeds them
@@ -76,7 +76,7 @@ def get_config():
     # 1e-5 rebuild the relief to R² 0.87 (tokenizer_eval), 0.71 at 1800 decayed, 0.68 at 1800 constant.
     p.tokenizer.per_modality = ml_collections.ConfigDict({"DEM_DEM": {
         "model": {"norm_groups": 16, "ch_mult": (1, 2)},
-        "optim": {"schedule": "polynomial", "end_lr": 1e-5, "decay_steps": 3550},
+        "optim": {"schedule": "polynomial", "end_lr": 1e-5, "decay_steps": 0},
         "train": {"steps": 3600, "checkpoint_every": 900}}})
     # any-to-any tasks sampled on held-out footprints: "given+given->generated+generated"
     p.tasks = ("DEM_DEM+LULC_LULC->S2L2A_B02_B03_B04_B08",

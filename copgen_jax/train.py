@@ -25,18 +25,27 @@ from copgen_jax import checkpoint, parallel
 from copgen_jax.metrics_log import MetricLogger
 
 
-def learning_rate_schedule(optim):
-    """Linear warm-up, then constant (SPEC §5) or polynomial decay (tokenizers)."""
+def learning_rate_schedule(optim, total_steps: int | None = None):
+    """Linear warm-up, then constant (SPEC §5) or polynomial decay (tokenizers).
+
+    ``optim.decay_steps`` 0 decays over what is left of a ``total_steps`` run, so the rate
+    reaches ``end_lr`` at its last step whatever ``train.steps`` is overridden to.
+    """
     warmup = optax.linear_schedule(0.0, optim.lr, max(optim.warmup_steps, 1))
     if optim.get("schedule", "warmup_constant") == "polynomial":
-        after = optax.polynomial_schedule(optim.lr, optim.end_lr, optim.get("power", 1.0), optim.decay_steps)
+        decay = optim.get("decay_steps", 0)
+        if not decay:
+            if total_steps is None:
+                raise ValueError("optim.decay_steps=0 decays to the end of the run: pass its total_steps")
+            decay = max(total_steps - optim.warmup_steps, 1)  # a run inside its warm-up never decays
+        after = optax.polynomial_schedule(optim.lr, optim.end_lr, optim.get("power", 1.0), decay)
     else:
         after = optax.constant_schedule(optim.lr)
     return optax.join_schedules([warmup, after], [optim.warmup_steps])
 
 
-def make_optimizer(optim):
-    schedule = learning_rate_schedule(optim)
+def make_optimizer(optim, total_steps: int | None = None):
+    schedule = learning_rate_schedule(optim, total_steps)
     tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
     if optim.grad_clip:
         tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
@@ -111,7 +120,7 @@ class Trainer:
             raise parallel.ShardingError(
                 f"global batch {cfg.train.global_batch} is not divisible by grad_accum {cfg.optim.grad_accum} "
                 f"x {jax.process_count()} processes")
-        self.tx, self.schedule = make_optimizer(cfg.optim)
+        self.tx, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         ctor = lambda: TrainState(task.create_model(nnx.Rngs(cfg.seed)), self.tx)  # noqa: E731
         self.state = parallel.create_sharded(ctor, self.mesh, self.rules)
         self.graphdef, state = nnx.split(self.state)

@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from configs import test as test_config
 from copgen_jax import parallel
 from copgen_jax.backbone_task import BackboneTask
-from copgen_jax.train import Trainer, ema_rate, train
+from copgen_jax.train import Trainer, ema_rate, learning_rate_schedule, train
 
 
 def config(**overrides):
@@ -38,6 +38,21 @@ def trimmed(spec):
 
 def first_batch(task, cfg):
     return next(task.make_iterator(0, 1, cfg.seed))
+
+
+def test_polynomial_decay_reaches_its_end_rate_at_the_last_step():
+    optim = test_config.get_config().optim
+    optim.update(lr=1e-3, warmup_steps=10, schedule="polynomial", end_lr=1e-5, decay_steps=0)
+    for steps in (100, 250):  # decay_steps 0 follows the run's length
+        lr = learning_rate_schedule(optim, steps)
+        assert float(lr(10)) == pytest.approx(1e-3) and float(lr(steps)) == pytest.approx(1e-5)
+        assert float(lr(steps // 2)) > 1e-5
+    optim.decay_steps = 40  # an explicit length wins
+    assert float(learning_rate_schedule(optim, 250)(50)) == pytest.approx(1e-5)
+    optim.decay_steps = 0
+    assert float(learning_rate_schedule(optim, 5)(5)) == pytest.approx(5e-4)  # ends inside its warm-up
+    with pytest.raises(ValueError, match="decay_steps=0"):
+        learning_rate_schedule(optim)
 
 
 def test_tiny_model_overfits_one_batch():
