@@ -32,7 +32,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "copgen-sample=copgen_jax.cli:main",
+            "copgen-sample=copgen_jax.inference.cli:main",
         ],
     },
 )

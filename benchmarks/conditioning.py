@@ -23,9 +23,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from copgen_jax.demo_report import parse_task  # noqa: E402
-from copgen_jax.footprint_records import read_footprints  # noqa: E402
-from copgen_jax.generate import CopGen  # noqa: E402
+from copgen_jax.evaluate.demo_report import parse_task  # noqa: E402
+from copgen_jax.data.footprints import read_footprints  # noqa: E402
+from copgen_jax.inference.copgen import CopGen  # noqa: E402
 
 
 def held_out(cg: CopGen, pixels: str, names, count: int, split: str) -> dict:

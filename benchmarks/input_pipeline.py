@@ -1,4 +1,4 @@
-"""Input-pipeline throughput: records/s of the Grain pipeline over pixel and latent shards.
+"""Input-pipeline throughput: records/s of the Grain pipeline over pixel and latent schema.
 
     python benchmarks/input_pipeline.py --out=/tmp/input_pipeline.json [--workers=0,1,2]
 
@@ -24,7 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from copgen_jax import data, shard_writer, shards  # noqa: E402
+from copgen_jax.data import input_pipeline  # noqa: E402
+from copgen_jax.data import shards
+from copgen_jax.data import schema
 from copgen_jax.defaults import default_config  # noqa: E402
 from copgen_jax.modalities import build_registry  # noqa: E402
 
@@ -53,13 +55,13 @@ def latent_unit(unit, *, registry, per_unit):
         mean = {m.name: rng.standard_normal(m.latent_shape, np.float32) for m in registry.spatial}
         logvar = {m.name: rng.uniform(-8, -2, m.latent_shape).astype(np.float32) for m in registry.spatial}
         scalars = {m.name: rng.uniform(-1, 1, 3).astype(np.float32) for m in registry if m.is_scalar}
-        yield shards.latent_features(_meta(unit, i), registry, present, mean, logvar, scalars)
+        yield schema.latent_features(_meta(unit, i), registry, present, mean, logvar, scalars)
 
 
 def pixel_unit(unit, *, registry, per_unit):
     rng = np.random.default_rng(unit)
     for i in range(per_unit):
-        out = shards.metadata_features(_meta(unit, i))
+        out = schema.metadata_features(_meta(unit, i))
         for m in registry:
             out[f"{m.name}/present"] = np.array([1], np.int64)
             out[m.name] = rng.uniform(-1, 1, int(np.prod(m.pixel_shape))).astype(np.float32)
@@ -70,9 +72,9 @@ def write(workdir, kind, produce, records, registry):
     out = os.path.join(workdir, kind)
     per_unit = records // FLAGS.shards
     produce = functools.partial(produce, registry=registry, per_unit=per_unit)
-    shard_writer.build_shards(out, list(range(FLAGS.shards)), produce, registry=registry, kind=kind,
+    shards.build_shards(out, list(range(FLAGS.shards)), produce, registry=registry, kind=kind,
                               name=f"bench_{kind}", progress=False)
-    files = shard_writer.shard_files(out, "train")
+    files = shards.shard_files(out, "train")
     return files, sum(os.path.getsize(f) for f in files) / (per_unit * FLAGS.shards)
 
 
@@ -95,16 +97,16 @@ def main(_):
     cfg = default_config()
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="copgen_input_bench_")
     rows = []
-    device_moments = functools.partial(data.make_latent_iterator, sample_on="device")
+    device_moments = functools.partial(input_pipeline.make_latent_iterator, sample_on="device")
     for kind, produce, records, batch, window in (
-            (shards.LATENTS, latent_unit, FLAGS.latent_records, FLAGS.latent_batch, 256),
-            (shards.PIXELS, pixel_unit, FLAGS.pixel_records, FLAGS.pixel_batch, 16)):
+            (schema.LATENTS, latent_unit, FLAGS.latent_records, FLAGS.latent_batch, 256),
+            (schema.PIXELS, pixel_unit, FLAGS.pixel_records, FLAGS.pixel_batch, 16)):
         t = time.perf_counter()
         files, record_bytes = write(workdir, kind, produce, records, registry)
         print(f"wrote {records} {kind} records ({record_bytes / 1e6:.2f} MB each) in "
               f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
-        modes = ([("z on host", data.make_latent_iterator), ("moments (z on device)", device_moments)]
-                 if kind == shards.LATENTS else [("pixels", data.make_pixel_iterator)])
+        modes = ([("z on host", input_pipeline.make_latent_iterator), ("moments (z on device)", device_moments)]
+                 if kind == schema.LATENTS else [("pixels", input_pipeline.make_pixel_iterator)])
         for mode, make in modes:
             for workers in (int(w) for w in FLAGS.workers.split(",")):
                 rate = time_pipeline(make, cfg, registry, files, batch, workers, window)

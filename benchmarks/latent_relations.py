@@ -27,8 +27,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from copgen_jax import checkpoint, data, tfrecord  # noqa: E402
-from copgen_jax.backbone_task import latent_shards  # noqa: E402
+from copgen_jax import checkpoint  # noqa: E402
+from copgen_jax.data import input_pipeline
+from copgen_jax.data import tfrecord
+from copgen_jax.trainers.backbone import latent_shards  # noqa: E402
 from copgen_jax.modalities import registry_from_config  # noqa: E402
 
 
@@ -43,7 +45,7 @@ def load_pairs(latents_dir: str, registry, sources, target: str, split: str):
     rows = []
     for f in files:
         for i, item in enumerate(tfrecord.read_records(f)):
-            mean = data.parse_latent_moments((f, i, item), reg)["mean"]
+            mean = input_pipeline.parse_latent_moments((f, i, item), reg)["mean"]
             if all(n in mean for n in (*sources, target)):
                 rows.append([mean[n] * reg[n].scale_factor for n in (*sources, target)])
     if not rows:

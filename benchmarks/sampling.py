@@ -30,12 +30,12 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from copgen_jax import pipeline  # noqa: E402
-from copgen_jax.generate import CopGen  # noqa: E402
+from copgen_jax.inference.copgen import CopGen  # noqa: E402
 from copgen_jax.models.backbone import backbone_from_config  # noqa: E402
 from copgen_jax.models.tokenizer import autoencoder_from_config  # noqa: E402
 from copgen_jax.modalities import registry_from_config  # noqa: E402
-from copgen_jax.tiny_run import host_initialised  # noqa: E402
-from copgen_jax.tokenizer_task import tokenizer_config  # noqa: E402
+from copgen_jax.trainers.tiny_run import host_initialised  # noqa: E402
+from copgen_jax.defaults import tokenizer_defaults  # noqa: E402
 
 GIVEN = ("DEM_DEM", "LULC_LULC")
 TARGET = "S2L2A_B02_B03_B04_B08"
@@ -54,7 +54,7 @@ def tokenizer_model(cfg, name):
     per-modality overrides), otherwise the official layout."""
     if cfg.get("pipeline") and cfg.pipeline.get("tokenizer"):
         return pipeline.tokenizer_config(cfg, name, "").tokenizer
-    return tokenizer_config()
+    return tokenizer_defaults()
 
 
 def timed(fn, reps):

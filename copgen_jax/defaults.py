@@ -102,3 +102,44 @@ def default_config() -> ml_collections.ConfigDict:
         ("patch", None),
     )
     return c
+
+
+def tokenizer_defaults() -> ml_collections.ConfigDict:
+    """Every ``cfg.tokenizer`` knob with its official value (SPEC §3); configs change what differs."""
+    t = ml_collections.ConfigDict()
+    t.modality = ""  # which registry modality this run trains (required)
+    t.ch = 128
+    t.ch_mult = (1, 2, 4, 4)  # len - 1 halvings: must give the registry's downsample
+    t.num_res_blocks = 2
+    t.z_channels = 0  # 0 = the registry's latent_channels
+    # GroupNorm groups (the release's 32 gives 4 channels per group at ch=128). Narrow demo
+    # models need fewer: one channel per group erases per-image brightness (see GroupNorm).
+    t.norm_groups = 32
+    t.dtype = "float32"  # compute dtype of the convolutions; parameters stay fp32
+    t.l1_weight = 1.0
+    t.l2_weight = 1.0
+    t.categorical_loss = "cross_entropy"  # or "regression" (L1 + L2 on the one-hot, as the release)
+    # The release declares a learnable output log-variance s but leaves it out of both
+    # optimizers, so s stays 0; True makes it a trained parameter.
+    t.learn_logvar = False
+    t.kl_weight = 1e-6
+    t.hflip = True  # random horizontal flips of training images (the release's augmentation)
+    t.perceptual_weight = 0.0  # LPIPS needs pretrained VGG weights: unavailable offline, must stay 0
+    t.disc_layers = 3  # 0 = no discriminator
+    t.disc_ndf = 64
+    t.disc_start = 50001  # the adversarial terms count from this step on
+    t.disc_weight = 0.5
+    t.preview_count = 4  # examples shown in TensorBoard previews
+    t.scale_factor_batches = 64  # batches of training latents behind the scale factor
+    # Also record each latent channel's mean and encode latents centred (copgen_jax.latents.store): the
+    # release's latents are scaled only, which its converted backbone expects.
+    t.center_latents = False
+    return t
+
+
+def baseline_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        targets=(),  # modalities always generated; empty = a random subset per example
+        target_rate=0.5,  # probability that a modality is a target (random subsets)
+        condition_dropout=0.3,  # probability that a non-target modality is left out
+    ))

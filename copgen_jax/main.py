@@ -24,7 +24,7 @@ _DESCRIBE = flags.DEFINE_bool("describe", False, "Print parameter count, tokens 
 
 def describe(cfg) -> dict:
     """Size and layout of the configured backbone, from shapes only."""
-    from copgen_jax.backbone_task import BackboneTask
+    from copgen_jax.trainers.backbone import BackboneTask
     task = BackboneTask(cfg)
     rules = parallel.rules_from_config(cfg.mesh)
     model = parallel.abstract_model(lambda: task.create_model(nnx.Rngs(0)))
@@ -46,12 +46,12 @@ def _mesh_sizes(cfg):
 
 def run(cfg, workdir):
     if cfg.task == "backbone":
-        from copgen_jax.backbone_task import BackboneTask
-        from copgen_jax.train import train
+        from copgen_jax.trainers.backbone import BackboneTask
+        from copgen_jax.trainers.loop import train
         return train(cfg, workdir, BackboneTask(cfg))
     if cfg.task == "tokenizer":
-        from copgen_jax.tokenizer_task import TokenizerTask
-        from copgen_jax.train import train
+        from copgen_jax.trainers.tokenizer import TokenizerTask
+        from copgen_jax.trainers.loop import train
         return train(cfg, workdir, TokenizerTask(cfg))
     if cfg.task == "pipeline":
         from copgen_jax.pipeline import run_pipeline
@@ -63,7 +63,7 @@ class _QuietLibraries(logging.Filter):
     """Keep INFO lines of our own; libraries (Orbax logs every file rename) only from WARNING."""
 
     def filter(self, record):
-        return record.levelno >= logging.WARNING or "copgen_jax" in record.pathname or "datasets" in record.pathname
+        return record.levelno >= logging.WARNING or "copgen_jax" in record.pathname
 
 
 def main(argv):

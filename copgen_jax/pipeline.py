@@ -8,7 +8,6 @@
 
 Every stage resumes where it stopped and is skipped once done, so rerunning
 the command after an interruption (or to regenerate the report) is cheap.
-Run from the repository root: the data stage uses the ``datasets/`` builders.
 """
 from __future__ import annotations
 
@@ -41,11 +40,7 @@ def stage_data(cfg, workdir, registry: Registry) -> None:
     out = paths(workdir)["pixels"]
     if _manifest_done(out):
         return
-    try:
-        from datasets import build
-    except ImportError as e:
-        raise RuntimeError("the data stage needs the repository's datasets/ package: run the demo from the "
-                           "repository root (cd copgen_jax checkout && python -m copgen_jax.main ...)") from e
+    from copgen_jax.datasets import build
     p = cfg.pipeline
     build.build("synthetic", out, registry, cells=p.cells, observations=p.observations, seed=p.world_seed,
                 footprints_per_side=p.footprints_per_side, cells_per_shard=p.get("cells_per_shard", 1),
@@ -56,8 +51,7 @@ def stage_data(cfg, workdir, registry: Registry) -> None:
 def tokenizer_config(cfg, name: str, pixels: str) -> ml_collections.ConfigDict:
     """The tokenizer run for ``name``: the demo's registry, ``cfg.pipeline.tokenizer``'s model, optim
     and train sections (``tokenizer.per_modality[name]``'s sections over them), pixel shards."""
-    from copgen_jax.defaults import default_config
-    from copgen_jax.tokenizer_task import tokenizer_config as defaults
+    from copgen_jax.defaults import default_config, tokenizer_defaults
     t = cfg.pipeline.tokenizer
     own = t.get("per_modality", {}).get(name, {})  # e.g. DEM's norm groups and longer training
     unknown = set(own) - {"model", "optim", "train"}
@@ -67,7 +61,7 @@ def tokenizer_config(cfg, name: str, pixels: str) -> ml_collections.ConfigDict:
     c = default_config()
     c.task, c.seed = "tokenizer", cfg.seed
     c.modalities = ml_collections.ConfigDict(cfg.modalities.to_dict())
-    c.tokenizer = defaults()
+    c.tokenizer = tokenizer_defaults()
     for section, target in (("model", c.tokenizer), ("optim", c.optim), ("train", c.train)):
         target.update(t[section].to_dict())
         target.update(dict(own.get(section, {})))
@@ -78,8 +72,8 @@ def tokenizer_config(cfg, name: str, pixels: str) -> ml_collections.ConfigDict:
 
 
 def stage_tokenizers(cfg, workdir, registry: Registry) -> None:
-    from copgen_jax.tokenizer_task import TokenizerTask
-    from copgen_jax.train import train
+    from copgen_jax.trainers.tokenizer import TokenizerTask
+    from copgen_jax.trainers.loop import train
     p = paths(workdir)
     for m in registry.spatial:
         run_dir = os.path.join(p["tokenizers"], m.name)
@@ -90,7 +84,7 @@ def stage_tokenizers(cfg, workdir, registry: Registry) -> None:
 
 
 def stage_latents(cfg, workdir, registry: Registry) -> None:
-    from copgen_jax.encode import encode_shards
+    from copgen_jax.latents.encode import encode_shards
     p = paths(workdir)
     if not _manifest_done(p["latents"]):
         encode_shards(p["tokenizers"], p["pixels"], p["latents"], batch_size=cfg.pipeline.encode_batch)
@@ -103,15 +97,15 @@ def backbone_config(cfg, workdir) -> ml_collections.ConfigDict:
 
 
 def stage_backbone(cfg, workdir, registry: Registry) -> None:
-    from copgen_jax.backbone_task import BackboneTask
-    from copgen_jax.train import train
+    from copgen_jax.trainers.backbone import BackboneTask
+    from copgen_jax.trainers.loop import train
     bcfg = backbone_config(cfg, workdir)
     if not _trained(workdir, bcfg.train.steps):
         train(bcfg, workdir, BackboneTask(bcfg))
 
 
 def stage_report(cfg, workdir, registry: Registry) -> None:
-    from copgen_jax import demo_report
+    from copgen_jax.evaluate import demo_report
     out = paths(workdir)["report"]
     if os.path.exists(os.path.join(out, "metrics.json")):
         return

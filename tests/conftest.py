@@ -9,3 +9,5 @@ from absl import flags  # noqa: E402
 
 # grain 0.2.18 reads absl flags and raises UnparsedFlagAccessError otherwise.
 flags.FLAGS.mark_as_parsed()
+
+from tests.fixtures.latent_shards import latent_dir  # noqa: E402,F401 - a fixture shared by data and remote tests

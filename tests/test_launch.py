@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import ROOT  # noqa: E402
 POD = ["--name", "copgen-t", "--zone", "us-central2-b", "--project", "my-project"]
 JOB = ["--config", "configs/base.py", "--workdir", "gs://bucket/run"]
 FAST = ["--retry-delay", "0.01", "--poll-seconds", "0.01"]

@@ -9,7 +9,7 @@ import sys
 import portpicker
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import ROOT  # noqa: E402
 
 
 def env(devices=1, **extra):

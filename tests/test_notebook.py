@@ -4,9 +4,9 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
-from generate_fixtures import tiny_run_dir
+from tests.fixtures.sampling_run import tiny_run_dir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import ROOT  # noqa: E402
 NOTEBOOK = os.path.join(ROOT, "notebooks", "colab_sampling.ipynb")
 
 

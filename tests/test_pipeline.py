@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs import demo
+from tests import ROOT
 from copgen_jax import checkpoint
 from copgen_jax.pipeline import run_pipeline
 
@@ -59,7 +60,7 @@ def test_rerun_skips_finished_stages(tiny_demo):
 
 def test_guidance_benchmark_reproduces_the_report_at_its_own_weight(tiny_demo, tmp_path):
     import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import guidance
     cfg, workdir, _ = tiny_demo
     p, out = cfg.pipeline, tmp_path / "guidance.json"
@@ -81,7 +82,7 @@ def test_guidance_benchmark_reproduces_the_report_at_its_own_weight(tiny_demo, t
 
 def test_solvers_benchmark_tabulates_every_setting(tiny_demo, tmp_path):
     import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import solvers
     _, workdir, _ = tiny_demo
     out = tmp_path / "solvers.json"
@@ -94,7 +95,7 @@ def test_solvers_benchmark_tabulates_every_setting(tiny_demo, tmp_path):
 
 
 def test_report_footprints_span_cells_first():
-    from copgen_jax.demo_report import pick_footprints
+    from copgen_jax.evaluate.demo_report import pick_footprints
 
     def rec(cell, r, c, names):
         return {"key": f"{cell}/{r}_{c}", "pixels": dict.fromkeys(names)}

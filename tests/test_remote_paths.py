@@ -7,11 +7,14 @@ import uuid
 import fsspec
 import numpy as np
 import pytest
-from test_data import CFG, REG, latent_dir  # noqa: F401 - latent_dir: the local shard set (a fixture)
 
-from copgen_jax import checkpoint, data, fileio, shard_writer, tfrecord
-from copgen_jax.backbone_task import latent_shards
-from copgen_jax.metrics_log import MetricLogger
+from copgen_jax import checkpoint, fileio
+from copgen_jax.data import input_pipeline
+from copgen_jax.data import shards
+from copgen_jax.data import tfrecord
+from copgen_jax.trainers.backbone import latent_shards
+from copgen_jax.trainers.metric_writer import MetricLogger
+from tests.fixtures.latent_shards import CFG, REG
 
 MEM = fsspec.filesystem("memory")
 
@@ -37,22 +40,22 @@ def _names(paths):
 
 
 def test_resolve_directory_and_glob(latent_dir, remote_set):
-    local = shard_writer.resolve_shards(latent_dir)
-    from_dir = shard_writer.resolve_shards(remote_set)
+    local = shards.resolve_shards(latent_dir)
+    from_dir = shards.resolve_shards(remote_set)
     assert from_dir == [f"{remote_set}/{n}" for n in _names(local)]
-    from_glob = shard_writer.resolve_shards(f"{remote_set}/lat-train.tfrecord-*")
+    from_glob = shards.resolve_shards(f"{remote_set}/lat-train.tfrecord-*")
     assert all(p.startswith("memory://") for p in from_glob)
     assert _names(from_glob) == [os.path.basename(p) for p in sorted(local)]
-    assert shard_writer.load_manifest(remote_set) == shard_writer.load_manifest(latent_dir)
-    assert shard_writer.verify(remote_set)["records"]["train"] == 20  # sha256 of every remote shard
+    assert shards.load_manifest(remote_set) == shards.load_manifest(latent_dir)
+    assert shards.verify(remote_set)["records"]["train"] == 20  # sha256 of every remote shard
     with pytest.raises(FileNotFoundError, match=r"memory://.*/nothing/manifest.json not found"):
-        shard_writer.load_manifest(remote_set.replace("/lat", "/nothing"))
+        shards.load_manifest(remote_set.replace("/lat", "/nothing"))
     with pytest.raises(FileNotFoundError, match="no train shards"):
-        shard_writer.resolve_shards(f"{remote_set}/*.missing")
+        shards.resolve_shards(f"{remote_set}/*.missing")
 
 
 def test_reader_checks_crc_and_resumes_from_offset(latent_dir, remote_set):
-    local, remote = shard_writer.shard_files(latent_dir)[0], shard_writer.shard_files(remote_set)[0]
+    local, remote = shards.shard_files(latent_dir)[0], shards.shard_files(remote_set)[0]
     expected = list(tfrecord.read_records(local))
     assert list(tfrecord.read_records(remote)) == expected
     with tfrecord.TFRecordReader(remote) as r:
@@ -76,7 +79,7 @@ def test_writer_to_remote(remote_root):
 
 def test_grain_pipeline_same_batches_and_resume(latent_dir, remote_set):
     def it(spec):
-        return data.make_latent_iterator(CFG, REG, shard_writer.resolve_shards(spec), batch_size=4, seed=0)
+        return input_pipeline.make_latent_iterator(CFG, REG, shards.resolve_shards(spec), batch_size=4, seed=0)
 
     local, remote = it(latent_dir), it(remote_set)
     for _ in range(3):
@@ -94,7 +97,7 @@ def test_grain_pipeline_same_batches_and_resume(latent_dir, remote_set):
 
 
 def test_latent_shards_reads_remote_scale_factors(remote_set):
-    manifest = shard_writer.load_manifest(remote_set)
+    manifest = shards.load_manifest(remote_set)
     name = "S2L2A_B02_B03_B04_B08"
     manifest["registry"][name]["scale_factor"] = 0.25
     fileio.write_text(f"{remote_set}/manifest.json", json.dumps(manifest))
@@ -105,13 +108,13 @@ def test_latent_shards_reads_remote_scale_factors(remote_set):
 
 def test_unknown_scheme_names_path_and_fix():
     with pytest.raises(fileio.FileSystemUnavailable, match=r"nosuchfs://bucket/set: .*install"):
-        shard_writer.resolve_shards("nosuchfs://bucket/set")
+        shards.resolve_shards("nosuchfs://bucket/set")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed")
 def test_gs_without_gcsfs_names_the_package():
     with pytest.raises(fileio.FileSystemUnavailable, match=r"gs://b/latents: .*pip install gcsfs"):
-        shard_writer.resolve_shards("gs://b/latents")
+        shards.resolve_shards("gs://b/latents")
 
 
 def test_workdir_config_and_metrics_on_remote(remote_root):

@@ -26,54 +26,7 @@ from flax import nnx
 
 from copgen_jax import parallel
 from copgen_jax.modalities import Modality, Registry
-
-trunc_normal = nnx.initializers.truncated_normal(stddev=0.02)
-zeros = nnx.initializers.zeros_init()
-ones = nnx.initializers.ones_init()
-
-
-def _param(rngs, init, shape, axes, dtype=jnp.float32):
-    return nnx.Param(nnx.with_partitioning(init, axes)(rngs.params(), shape, dtype))
-
-
-def _torch_default_uniform(fan_in):
-    """PyTorch's default Conv/Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-    return init
-
-
-class Dense(nnx.Module):
-    """y = x W + b with logical axes on W; params fp32, compute in ``dtype``."""
-
-    def __init__(self, din, dout, axes, rngs, *, bias=True, init=trunc_normal, bias_init=zeros,
-                 dtype=jnp.float32):
-        self.kernel = _param(rngs, init, (din, dout), axes)
-        self.bias = _param(rngs, bias_init, (dout,), axes[1:]) if bias else None
-        self.dtype = dtype
-
-    def __call__(self, x):
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
-        return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
-
-
-class LayerNorm(nnx.Module):
-    """LayerNorm (eps 1e-5) whose statistics are always taken in fp32."""
-
-    def __init__(self, dim, rngs, eps=1e-5):
-        self.scale = _param(rngs, ones, (dim,), ("norm",))
-        self.bias = _param(rngs, zeros, (dim,), ("norm",))
-        self.eps = eps
-
-    def __call__(self, x):
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-        return y.astype(x.dtype)
-
+from copgen_jax.models.layers import Dense, LayerNorm, param, torch_uniform, trunc_normal, zeros
 
 class Attention(nnx.Module):
     """Multi-head self-attention; fused qkv without bias, projection with bias.
@@ -85,12 +38,12 @@ class Attention(nnx.Module):
 
     def __init__(self, dim, heads, rngs, dtype, attention_dtype, ground_bias=0.0):
         self.heads, self.head_dim = heads, dim // heads
-        self.qkv = _param(rngs, trunc_normal, (dim, 3, heads, self.head_dim), ("embed", None, "heads", None))
-        self.proj = _param(rngs, trunc_normal, (heads, self.head_dim, dim), ("heads", None, "embed"))
-        self.proj_bias = _param(rngs, zeros, (dim,), ("embed",))
+        self.qkv = param(rngs, trunc_normal, (dim, 3, heads, self.head_dim), ("embed", None, "heads", None))
+        self.proj = param(rngs, trunc_normal, (heads, self.head_dim, dim), ("heads", None, "embed"))
+        self.proj_bias = param(rngs, zeros, (dim,), ("embed",))
         # Learned per-head slopes of a ground-distance penalty on the logits (2-D ALiBi);
         # they start at ground_bias, ground_bias / 2, ... so heads range from local to wide.
-        self.ground_slopes = _param(rngs, lambda *_: ground_bias * 0.5 ** jnp.arange(heads, dtype=jnp.float32),
+        self.ground_slopes = param(rngs, lambda *_: ground_bias * 0.5 ** jnp.arange(heads, dtype=jnp.float32),
                                     (heads,), ("heads",)) if ground_bias else None
         self.dtype, self.attention_dtype = dtype, attention_dtype
 
@@ -243,11 +196,11 @@ class UViT(nnx.Module):
         block = functools.partial(Block, hidden, heads, mlp_ratio, rngs, dtype=dtype,
                                   attention_dtype=attention_dtype, ground_bias=ground_bias)
         self.ground_bias = ground_bias
-        self.pos_embed = _param(rngs, _pos_init(pos_init, registry, hidden), (1, registry.num_tokens, hidden),
+        self.pos_embed = param(rngs, _pos_init(pos_init, registry, hidden), (1, registry.num_tokens, hidden),
                                 (None, "tokens", "embed"))
         self.patch_embeds = nnx.List([
-            Dense(m.patch_dim, hidden, ("patch", "embed"), rngs, init=_torch_default_uniform(m.patch_dim),
-                  bias_init=_torch_default_uniform(m.patch_dim), dtype=dtype) for m in registry])
+            Dense(m.patch_dim, hidden, ("patch", "embed"), rngs, init=torch_uniform(m.patch_dim),
+                  bias_init=torch_uniform(m.patch_dim), dtype=dtype) for m in registry])
         self.in_blocks = nnx.List([block() for _ in range(depth // 2)])
         self.mid_block = block()
         self.out_blocks = nnx.List([block(skip=True) for _ in range(depth // 2)])

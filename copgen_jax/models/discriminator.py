@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from copgen_jax.models.tokenizer import Conv, _param
+from copgen_jax.models.layers import Conv, param
 
 _normal_002 = nnx.initializers.normal(0.02)
 
@@ -30,8 +30,8 @@ class BatchStatNorm(nnx.Module):
     """Batch normalisation with the current batch's statistics (eps 1e-5, biased variance)."""
 
     def __init__(self, channels, *, rngs, eps=1e-5):
-        self.scale = _param(rngs, _scale_init, (channels,), ("norm",))
-        self.bias = _param(rngs, nnx.initializers.zeros_init(), (channels,), ("norm",))
+        self.scale = param(rngs, _scale_init, (channels,), ("norm",))
+        self.bias = param(rngs, nnx.initializers.zeros_init(), (channels,), ("norm",))
         self.eps = eps
 
     def __call__(self, x):

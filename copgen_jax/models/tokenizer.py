@@ -27,58 +27,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from copgen_jax.modalities import CATEGORICAL, Modality
+from copgen_jax.modalities import CATEGORICAL, Modality, Registry, registry_from_config
+from copgen_jax.models.discriminator import NLayerDiscriminator
+from copgen_jax.models.layers import Conv, param
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # the release clamps the encoder's log-variance so
-
-
-def _torch_uniform(fan_in):
-    """PyTorch's default conv init, U(+-1/sqrt(fan_in)), for kernel and bias alike."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-    return init
-
-
-def _param(rngs, init, shape, axes):
-    return nnx.Param(nnx.with_partitioning(init, axes)(rngs.params(), shape, jnp.float32))
-
-
-def _fixed(value, axes):
-    """A parameter holding ``value``, with logical axes like ``_param``'s."""
-    return nnx.Param(nnx.with_partitioning(lambda *_: value, axes)(None, value.shape, value.dtype))
-
-
-class Conv(nnx.Module):
-    """2-D convolution on NHWC; kernel (kh, kw, in, out), fp32 parameters."""
-
-    def __init__(self, cin, cout, kernel=3, stride=1, padding=None, *, rngs, dtype=jnp.float32,
-                 use_bias=True, kernel_init=None):
-        shape, fan_in = (kernel, kernel, cin, cout), cin * kernel * kernel
-        kernel_axes = (None, None, "conv_in", "conv_out")
-        if kernel_init is None and use_bias:
-            # PyTorch's default draws kernel and bias from the same U(+-1/sqrt(fan_in)): one
-            # draw serves both (half the random-number ops to compile at initialisation).
-            both = _torch_uniform(fan_in)(rngs.params(), (math.prod(shape) + cout,))
-            self.kernel = _fixed(both[:-cout].reshape(shape), kernel_axes)
-            self.bias = _fixed(both[-cout:], ("conv_out",))
-        else:
-            self.kernel = _param(rngs, kernel_init or _torch_uniform(fan_in), shape, kernel_axes)
-            self.bias = _param(rngs, _torch_uniform(fan_in), (cout,), ("conv_out",)) if use_bias else None
-        pad = kernel // 2 if padding is None else padding
-        self.padding = ((pad, pad), (pad, pad)) if isinstance(pad, int) else pad
-        self.stride, self.dtype = stride, dtype
-
-    def apply(self, x, kernel):
-        """The convolution with an explicit kernel (adaptive GAN weight differentiates w.r.t. it)."""
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride), self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
-
-    def __call__(self, x):
-        return self.apply(x, self.kernel[...])
 
 
 class GroupNorm(nnx.Module):
@@ -93,8 +46,8 @@ class GroupNorm(nnx.Module):
     def __init__(self, channels, *, rngs, groups=32, eps=1e-6):
         self.groups = math.gcd(groups, channels)
         self.eps = eps
-        self.scale = _param(rngs, nnx.initializers.ones_init(), (channels,), ("norm",))
-        self.bias = _param(rngs, nnx.initializers.zeros_init(), (channels,), ("norm",))
+        self.scale = param(rngs, nnx.initializers.ones_init(), (channels,), ("norm",))
+        self.bias = param(rngs, nnx.initializers.zeros_init(), (channels,), ("norm",))
 
     def __call__(self, x):
         b, h, w, c = x.shape
@@ -322,3 +275,29 @@ def autoencoder_from_config(tcfg, modality: Modality, rngs: nnx.Rngs) -> Autoenc
     return AutoencoderKL(channels, channels, ch=tcfg.ch, ch_mult=ch_mult, num_res_blocks=tcfg.num_res_blocks,
                          z_channels=z, rngs=rngs, dtype=jnp.dtype(tcfg.get("dtype", "float32")),
                          norm_groups=tcfg.get("norm_groups", 32))
+
+
+class TokenizerWithDisc(nnx.Module):
+    """What the training loop optimises: the autoencoder, its optional discriminator and log-variance."""
+
+    def __init__(self, autoencoder: AutoencoderKL, discriminator: NLayerDiscriminator | None, learn_logvar: bool):
+        self.autoencoder = autoencoder
+        self.discriminator = discriminator
+        self.logvar = nnx.Param(jnp.zeros((), jnp.float32)) if learn_logvar else None
+
+
+def tokenizer_modality(cfg, registry: Registry | None = None) -> Modality:
+    registry = registry or registry_from_config(cfg)
+    name = cfg.tokenizer.get("modality", "")
+    if not name:
+        raise ValueError("tokenizer.modality is not set: pass --config.tokenizer.modality=NAME, one of "
+                         + ", ".join(m.name for m in registry.spatial))
+    return registry[name]
+
+
+def tokenizer_model_from_config(tcfg, modality: Modality, rngs: nnx.Rngs) -> TokenizerWithDisc:
+    """The tokenizer run's whole model: ``cfg.tokenizer``'s autoencoder, discriminator and log-variance."""
+    disc = None
+    if tcfg.disc_layers:
+        disc = NLayerDiscriminator(modality.pixel_shape[0], ndf=tcfg.disc_ndf, n_layers=tcfg.disc_layers, rngs=rngs)
+    return TokenizerWithDisc(autoencoder_from_config(tcfg, modality, rngs), disc, tcfg.learn_logvar)

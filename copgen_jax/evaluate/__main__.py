@@ -1,0 +1,123 @@
+"""Evaluation of a run: the benchmarks, the baseline beside it, a report.
+
+    python -m copgen_jax.evaluate --workdir DIR --benchmark stochastic,tasks,narrowing \\
+        [--model both] [--cells N] [--samples K] [--steps S] [--sampler ddim|dpm++] [--out DIR/eval]
+
+Benchmarks (``copgen_jax.evaluate.benchmarks``), on the held-out (``--split test``) footprints of
+``DIR/data/pixels``, in evaluation units (S2 reflectance, S1 dB, DEM metres):
+  stochastic  per footprint location, its K real observations (the dates of one footprint:
+              same DEM and land cover) against K samples generated from DEM + land cover
+              -> S2 L2A; precision / recall (k-NN), 1-NN accuracy, MMD, mean Wasserstein,
+              range coverage and intra-set distances, on the per-image band-mean spectra and
+              on the structure embedding; mean ± std over locations.
+  tasks       S1 -> S2L2A, S2L2A -> S1, 10 m -> 20/60 m band infilling (S2 L2A and L1C),
+              S2L2A -> land cover and -> DEM, on every held-out observation: MAE / RMSE /
+              PSNR / SSIM per sample, best of N and of the ensemble mean; accuracy / mIoU for
+              class maps; interval coverage and CRPS.
+  narrowing   mean per-pixel std of generated S2 L2A, interval coverage and CRPS as the
+              conditioning grows: nothing -> DEM -> + land cover -> + S1 -> + S2 L1C.
+The registry decides what is possible: a benchmark, task or level whose modalities the run
+lacks is skipped with a message.
+
+Models (``--model``): ``diffusion`` (the run), ``baseline`` (``copgen_jax.evaluate.baseline``, the same
+backbone trained as a deterministic MSE regressor in ``DIR/baseline``, trained first when
+missing or short of ``--train-baseline-steps``; default: as many steps as the diffusion run,
+0 = never train) or ``both``, reported side by side.
+
+Output in ``--out`` (default ``DIR/eval``): ``results.json``, ``results.md``, ``stochastic.png``,
+``tasks.png``, ``narrowing.png``, and ``parts/`` — each finished (benchmark, model) result with
+the settings it was computed with, reused by a rerun with the same settings, so an interrupted
+evaluation resumes and adding a model computes only that model.
+
+``results.json`` (non-finite numbers are null; a statistic ``S`` is {"mean", "std", "n"} over
+locations or observations, ``M`` a model label)::
+
+    {workdir, pixels, split, locations, settings: {cells, samples, steps, sampler, seed, chunk, k},
+     models: {M: {run, step}}, plots: [file names],
+     benchmarks: {
+       stochastic: {given, generated, locations, real_per_location: [K per location],
+                    models: {M: {"spectra/<metric>": S, "structure/<metric>": S,
+                                 "pixel_std/real": S, "pixel_std/generated": S, "k": S}},
+                    per_location: {M: [{location, k, <the same keys>: value}]},
+                    example: {location, bands, real: [[band means]], M: [[band means]]}}
+                   metric: precision recall nn_accuracy mmd wasserstein range_coverage
+                           intra_real intra_generated
+       tasks: {name: {given, generated, description, examples,
+                      models: {M: {"<modality>/<metric>": S}}}}
+              images: mae rmse psnr ssim (each also _best_of_n, _ensemble_mean),
+                      crps interval_coverage spread
+              class maps: accuracy miou (each also _best_of_n, _mode), disagreement
+       narrowing: {generated, examples, skipped: [messages],
+                   levels: [{label, given, models: {M: {pixel_std, interval_coverage, crps,
+                                                        mae_ensemble_mean: S}}}]}}}
+
+A benchmark or task the run cannot do is ``{"skipped": "<why>"}``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from copgen_jax.evaluate.benchmarks import Settings
+from copgen_jax.evaluate.run import BENCHMARKS, MODELS, REPORT, evaluate
+
+
+def _csv(choices):
+    def parse(text):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if items == ["all"]:
+            return choices
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(choices)} (comma-separated) or all")
+        return tuple(items)
+    return parse
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m copgen_jax.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="run directory (config.json, checkpoints/, tokenizers/, data/)")
+    p.add_argument("--benchmark", type=_csv(BENCHMARKS), default=BENCHMARKS,
+                   help="stochastic, tasks, narrowing (comma-separated) or all (default)")
+    p.add_argument("--model", default="both", choices=("diffusion", "baseline", "both"))
+    p.add_argument("--cells", type=int, default=0, help="footprint locations to evaluate (0: all held-out ones)")
+    p.add_argument("--samples", type=int, default=16, help="samples per input (K)")
+    p.add_argument("--steps", type=int, default=50, help="sampler network evaluations")
+    p.add_argument("--sampler", default="ddim", choices=("ddim", "dpm++"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk", type=int, default=8, help="inputs per generate call")
+    p.add_argument("--split", default="test")
+    p.add_argument("--pixels", default=None, help="pixel shard set to evaluate on (default DIR/data/pixels)")
+    p.add_argument("--tasks", type=lambda t: tuple(x for x in t.split(",") if x), default=None,
+                   help="only these tasks (names as in the report), comma-separated")
+    p.add_argument("--train-baseline-steps", type=int, default=None,
+                   help="train DIR/baseline up to this many steps when it has fewer (default: as many as the "
+                        "diffusion run; 0: never train)")
+    p.add_argument("--out", default=None, help="output directory (default DIR/eval)")
+    args = p.parse_args(argv)
+    for name in ("cells", "chunk", "samples", "steps"):
+        if getattr(args, name) < (0 if name == "cells" else 1):
+            p.error(f"--{name} must be {'>= 0' if name == 'cells' else '>= 1'}, got {getattr(args, name)}")
+    return args
+
+
+def main(argv=None) -> dict:
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()  # Grain (the baseline's training data) reads absl flags
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every read and write at INFO
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = Settings(cells=args.cells, samples=args.samples, steps=args.steps, sampler=args.sampler,
+                        seed=args.seed, chunk=args.chunk)
+    models = MODELS if args.model == "both" else (args.model,)
+    results = evaluate(args.workdir, args.benchmark, models, settings, args.out, split=args.split,
+                       train_baseline_steps=args.train_baseline_steps, tasks=args.tasks, pixels=args.pixels)
+    print(os.path.join(args.out or os.path.join(args.workdir, "eval"), REPORT))
+    return results
+
+
+if __name__ == "__main__":
+    main()

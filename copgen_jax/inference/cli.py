@@ -1,0 +1,163 @@
+"""``copgen-sample``: generate modalities of one footprint from GeoTIFF and scalar conditions.
+
+    copgen-sample --workdir runs/demo --generate S2L2A_B02_B03_B04_B08 \\
+        --condition DEM_DEM=dem.tif --condition LULC_LULC=landcover.tif \\
+        --lat 45.9 --lon 6.9 --date 2021-07-15 --n-samples 8 --steps 50 --out samples/
+
+Writes under ``--out``: ``<modality>/sample_<j>.tif`` per sample at the modality's native
+resolution on the conditioning footprint, the per-pixel statistics (``mean``, ``std``,
+quantiles; class maps ``mode``, ``uncertainty``) as GeoTIFFs beside them, ``sheet.png``
+(conditions | samples | mean | std) and ``summary.json`` (settings, generated scalars, files).
+The footprint is the conditioning GeoTIFFs'; with scalar conditions only, a footprint of
+the registry's size centred on --lat/--lon in its UTM zone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="copgen-sample", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True, help="run directory (or <workdir>/checkpoints/<step>)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    p.add_argument("--generate", action="append", default=[], metavar="NAME", help="modality to generate (repeat)")
+    p.add_argument("--condition", action="append", default=[], metavar="NAME=PATH.tif",
+                   help="spatial condition as a GeoTIFF (repeat)")
+    p.add_argument("--lat", type=float, help="latitude of the footprint centre, degrees")
+    p.add_argument("--lon", type=float, help="longitude of the footprint centre, degrees")
+    p.add_argument("--date", help="acquisition date, YYYY-MM-DD")
+    p.add_argument("--n-samples", type=int, default=4)
+    p.add_argument("--steps", type=int, default=50, help="network evaluations per sample")
+    p.add_argument("--sampler", choices=("ddim", "dpm++"), default="ddim")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance weight (1: plain conditional; > 1 follows the conditions "
+                        "more closely, two network evaluations per step)")
+    p.add_argument("--absent", choices=("drop", "noise", "mask"), default=None,
+                   help="modalities neither given nor generated (default: from the run's training)")
+    p.add_argument("--units", action="append", default=[], metavar="NAME=UNIT", help="e.g. S1RTC_vh_vv=db")
+    p.add_argument("--out", required=True, help="output directory")
+    return p.parse_args(argv)
+
+
+def _pairs(items, flag):
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} {item!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def build_conditions(args, registry) -> dict:
+    """GeoTIFF conditions plus the scalar ones, matched to the registry by codec (never by name)."""
+    from copgen_jax.codecs import Date, LatLon
+    conditions = _pairs(args.condition, "--condition")
+    for name, path in conditions.items():
+        if registry[name].is_scalar:
+            raise ValueError(f"--condition {name}: scalar modalities take --lat/--lon or --date, not a file")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--condition {name}={path}: file not found")
+    if (args.lat is None) != (args.lon is None):
+        raise ValueError("give --lat and --lon together")
+    scalars = {LatLon: None if args.lat is None else np.array([args.lat, args.lon]), Date: args.date}
+    for codec, value in scalars.items():
+        if value is None:
+            continue
+        found = [m.name for m in registry if isinstance(m.codec, codec)]
+        if not found:
+            raise ValueError(f"this model has no {codec.__name__} modality: drop --lat/--lon or --date")
+        registry[found[0]].validate(value)  # a bad date fails here, before any loading
+        conditions[found[0]] = value
+    return conditions
+
+
+class Progress:
+    """One status line on stderr, rewritten in place."""
+
+    def __init__(self, stream=None):
+        self.stream, self.start = stream, time.time()
+
+    def __call__(self, stage, done, total):
+        stream = self.stream or sys.stderr
+        width = 30
+        bar = "#" * int(width * done / max(total, 1))
+        stream.write(f"\r{stage:<40.40} [{bar:<{width}}] {done}/{total} {time.time() - self.start:6.1f}s")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+
+
+def run(args) -> dict:
+    from copgen_jax.inference import geo
+    from copgen_jax.inference import visualize
+    from copgen_jax.inference.copgen import CopGen
+    from copgen_jax.codecs import LatLon
+    from copgen_jax.modalities import registry_from_config
+    from copgen_jax import checkpoint
+    from copgen_jax.inference import load as generate_load
+
+    workdir, _ = generate_load.run_dir(args.workdir, args.step)
+    registry = registry_from_config(checkpoint.load_config(workdir))
+    if not args.generate:
+        raise ValueError(f"nothing to generate: pass --generate NAME, one of {', '.join(registry.names)}")
+    for name in args.generate:
+        registry[name]  # unknown names fail before any loading
+    conditions = build_conditions(args, registry)
+    if not any(not registry[n].is_scalar for n in conditions) and args.lat is None:
+        raise ValueError("cannot place the outputs on the map: give a GeoTIFF --condition or --lat/--lon")
+    units = _pairs(args.units, "--units")
+    print(f"loading {args.workdir}", file=sys.stderr)
+    model = CopGen.load(args.workdir, args.step)
+    gen = model.generate(args.generate, conditions, n_samples=args.n_samples, seed=args.seed, steps=args.steps,
+                         sampler=args.sampler, eta=args.eta, absent=args.absent, guidance=args.guidance,
+                         stats=True, units=units,
+                         progress=Progress())
+    footprint = gen.footprints[0]
+    if footprint is None:
+        side = registry.spatial[0].size * registry.spatial[0].gsd
+        footprint = geo.Footprint.centred_on(args.lat, args.lon, side)
+    files = geo.write_generation(args.out, gen, footprint)
+    files.append(visualize.sheet(gen, os.path.join(args.out, "sheet.png")))
+    summary = {"workdir": os.fspath(args.workdir), "seed": args.seed, "crs": str(footprint.crs),
+               "footprint_corner": list(footprint.corner), "footprint_side_m": footprint.side,
+               **{k: v for k, v in gen.settings.items() if k != "units"}, "units": units,
+               "scalars": _scalars(gen, LatLon), "files": [os.path.relpath(f, args.out) for f in files]}
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=str)
+    return summary
+
+
+def _scalars(gen, latlon_codec) -> dict:
+    out = {}
+    for name, samples in gen.samples.items():
+        m = gen.registry[name]
+        if m.is_scalar:
+            out[name] = {"samples": np.asarray(samples[0]).tolist() if isinstance(m.codec, latlon_codec)
+                         else [str(d) for d in samples[0]],
+                         **{k: np.asarray(v[0]).tolist() if np.asarray(v).dtype.kind != "M" else str(v[0])
+                            for k, v in gen.stats.get(name, {}).items()}}
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except (ValueError, FileNotFoundError) as e:  # ModalityError is a ValueError
+        print(f"copgen-sample: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(summary['files'])} files to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
