@@ -98,7 +98,7 @@ def evaluate(workdir, benchmarks=BENCHMARKS, models=MODELS, settings=None, out=N
     shard set to read (default ``<workdir>/data/pixels``). Returns the results dict.
     """
     from copgen_jax import checkpoint
-    from copgen_jax.evaluate import benchmarks as bench  # the parameter ``benchmarks`` names which to run
+    from copgen_jax.evaluate import benchmarks as suite  # the parameter ``benchmarks`` names which to run
     from copgen_jax.evaluate import report
     from copgen_jax.data.footprints import by_location, read_footprints
     from copgen_jax.modalities import registry_from_config
@@ -123,8 +123,8 @@ def evaluate(workdir, benchmarks=BENCHMARKS, models=MODELS, settings=None, out=N
     steps = {label: loaded.prepare(label) for label in models}
     results = {"workdir": workdir, "pixels": pixels, "split": split, "locations": len(groups), "settings": dataclasses.asdict(settings),
                "models": {m: {"run": loaded.run_dir(m), "step": steps[m]} for m in models}, "benchmarks": {}}
-    fns = {"stochastic": bench.stochastic, "narrowing": bench.narrowing,
-           "tasks": lambda *a: bench.tasks(*a, only=tasks)}
+    fns = {"stochastic": suite.stochastic, "narrowing": suite.narrowing,
+           "tasks": lambda *a: suite.tasks(*a, only=tasks)}
     for bench in benchmarks:
         parts = []
         for label in models:
