@@ -31,7 +31,7 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from copgen_jax import parallel  # noqa: E402
+from copgen_jax import draws, parallel  # noqa: E402
 from copgen_jax.trainers.backbone import BackboneTask  # noqa: E402
 from copgen_jax.trainers.loop import Trainer  # noqa: E402
 
@@ -100,11 +100,11 @@ def matmul_bound(cfg, registry) -> tuple[float, list[dict]]:
 def phase_seconds(trainer, batch) -> dict:
     """Forward alone and forward + backward alone (no optimizer), best of 3."""
     graphdef, state = nnx.split(trainer.state.model)
-    key = jax.random.key(0)
+    keys = draws.example_keys(jax.random.key(0), trainer.cfg.train.global_batch)
 
     def loss(state):
         with parallel.logical_rules(trainer.rules):
-            return trainer.task.loss(nnx.merge(graphdef, state), batch, key, 0)[0]
+            return trainer.task.loss(nnx.merge(graphdef, state), batch, keys, 0)[0]
     with parallel.use_mesh(trainer.mesh, trainer.rules):
         return {"forward_s": _best_seconds(jax.jit(loss), state, repeats=3),
                 "forward_backward_s": _best_seconds(jax.jit(jax.grad(loss)), state, repeats=3)}
@@ -149,7 +149,8 @@ def main(argv):
     result = {
         "config": {"hidden": cfg.model.hidden, "depth": cfg.model.depth, "heads": cfg.model.heads,
                    "batch": cfg.train.global_batch, "tokens": task.registry.num_tokens, "dtype": cfg.model.dtype,
-                   "remat": cfg.model.remat},
+                   "remat_policy": cfg.model.remat_policy, "scan_blocks": cfg.model.scan_blocks,
+                   "attention": cfg.model.attention, "microbatches": cfg.train.microbatches},
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "first_step_s (compile + run)": warmup,

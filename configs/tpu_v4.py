@@ -11,7 +11,7 @@ from copgen_jax.defaults import default_config
 def get_config():
     c = default_config()
     c.model.dtype = "bfloat16"  # compute; master weights stay fp32
-    c.model.remat = True
+    c.model.remat_policy = "full"
     c.train.global_batch = 4096
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 16, 1
     c.data.source = "shards"

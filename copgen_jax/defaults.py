@@ -31,7 +31,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.mlp_ratio = 4
     c.model.dtype = "float32"  # compute dtype; "bfloat16" keeps fp32 master weights
     c.model.attention_dtype = "float32"  # softmax in fp32, as the release does
-    c.model.remat = False  # rematerialise each block (gradient checkpointing)
+    # What each block keeps for the backward: "none" (everything), "full" (its inputs only:
+    # the block is recomputed), "dots" / "dots_no_batch" (matmul outputs). See models/backbone.py.
+    c.model.remat_policy = "none"
+    c.model.scan_blocks = False  # lax.scan over each half's stacked blocks: HLO and compile time flat in depth
+    # Attention core (models/attention.py): "auto" (splash on TPU, cuDNN on GPU in bf16, chunked
+    # elsewhere), "xla" (whole L x L logits), "chunked", "dot_product" or "splash".
+    c.model.attention = "auto"
     c.model.pos_init = "random"  # positional table's start; "ground": + a 2-D code shared by all modalities
     # > 0: attention logits minus a learned per-head slope (starting at this value, halving per
     # head) times the ground distance between tokens, across modalities (2-D ALiBi). 0: the release.
@@ -60,12 +66,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.grad_clip = 0.0  # 0 = none (the release clips nothing)
     c.optim.ema_rate = 0.9999
     c.optim.ema_warmup = True  # min(rate, (1 + t) / (10 + t)); False: the release's constant rate
-    c.optim.grad_accum = 1  # micro-batches per step
 
     # --- training loop --------------------------------------------------------
     c.train = ml_collections.ConfigDict()
     c.train.global_batch = 512
     c.train.steps = 500_000
+    # Micro-batches each step's global batch is split into (gradients summed in the
+    # parameters' sharding): the per-device batch that fits is global / (devices x this).
+    c.train.microbatches = 1
     c.train.log_every = 100
     c.train.checkpoint_every = 5000
     c.train.keep_checkpoints = 3

@@ -110,6 +110,19 @@ def constrain(x, axes):
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+def constrain_shardings(tree, shardings):
+    """``tree`` constrained to the matching tree of shardings (None: unconstrained)."""
+    if shardings is None:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, shardings)
+
+
+def state_shardings(state, mesh: Mesh, rules):
+    """NamedSharding of every array of an NNX state, from its logical axes under ``rules``."""
+    with flax_spmd.logical_axis_rules(rules):
+        return nnx.get_named_sharding(state, mesh)
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Leading axis over the batch axes (data, fsdp); the rest replicated."""
     with flax_spmd.logical_axis_rules(_current_or_default_rules()):
@@ -121,12 +134,15 @@ def _current_or_default_rules():
     return flax_spmd.get_logical_axis_rules() or (("batch", ("data", "fsdp")),)
 
 
-def check_batch(global_batch: int, mesh: Mesh) -> None:
+def check_batch(global_batch: int, mesh: Mesh, microbatches: int = 1) -> None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if global_batch % shards:
+    if microbatches < 1:
+        raise ShardingError(f"train.microbatches={microbatches}: use 1 or more")
+    if global_batch % (shards * microbatches):
+        into = f" into {microbatches} micro-batches" if microbatches > 1 else ""
         raise ShardingError(
-            f"global batch {global_batch} cannot be split over data x fsdp = {shards} shards; "
-            f"use a multiple of {shards}")
+            f"global batch {global_batch} cannot be split{into} over data x fsdp = {shards} shards; "
+            f"use a multiple of {shards * microbatches}")
     if global_batch % jax.process_count():
         raise ShardingError(f"global batch {global_batch} is not divisible by {jax.process_count()} processes")
 

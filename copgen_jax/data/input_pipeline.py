@@ -263,14 +263,16 @@ def parse_dense_moments(item, registry: Registry) -> dict:
     return {"mean": zeros | rec["mean"], "logvar": zeros | rec["logvar"], "present": rec["present"]}
 
 
-def sample_latents(moments, key, registry: Registry):
-    """Device-side twin of ``SampleLatents`` for a batch of moments (jit-able)."""
+def sample_latents(moments, keys, registry: Registry):
+    """Device-side twin of ``SampleLatents`` for a batch of moments (jit-able); ``keys`` holds
+    one key per example (``copgen_jax.draws``)."""
     import jax.numpy as jnp
+    from copgen_jax import draws
     latents = {}
-    for k, m in zip(jax.random.split(key, len(registry)), registry):
+    for k, m in zip(draws.split(keys, len(registry)), registry):
         mean = moments["mean"][m.name]
-        z = mean if m.is_scalar else mean + jnp.exp(0.5 * moments["logvar"][m.name]) * jax.random.normal(
-            k, mean.shape, mean.dtype)
+        z = mean if m.is_scalar else mean + jnp.exp(0.5 * moments["logvar"][m.name]) * draws.normal(
+            k, mean.shape[1:], mean.dtype)
         mask = moments["present"][m.name].reshape((-1,) + (1,) * (z.ndim - 1))
         latents[m.name] = jnp.where(mask, z * m.scale_factor, 0.0).astype(mean.dtype)
     return {"latents": latents, "present": moments["present"]}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -74,12 +73,6 @@ class Schedule:
 def schedule_from_config(cfg) -> Schedule:
     d = cfg.diffusion
     return Schedule(d.num_steps, d.beta_start, d.beta_end, d.get("prediction", "eps"))
-
-
-def sample_timesteps(rng, batch: int, names, num_steps: int) -> dict[str, jax.Array]:
-    """Independent n ~ U{1..N} per sample and per modality."""
-    keys = jax.random.split(rng, len(names))
-    return {name: jax.random.randint(k, (batch,), 1, num_steps + 1) for name, k in zip(names, keys)}
 
 
 def diffusion_loss(eps_pred: dict, eps: dict, present: dict | None = None):

@@ -26,6 +26,7 @@ from flax import nnx
 
 from copgen_jax import parallel
 from copgen_jax.modalities import Modality, Registry
+from copgen_jax.models import attention
 from copgen_jax.models.layers import Dense, LayerNorm, param, torch_uniform, trunc_normal, zeros
 
 class Attention(nnx.Module):
@@ -33,10 +34,11 @@ class Attention(nnx.Module):
 
     The qkv kernel is stored as (D, 3, heads, head_dim) so that tensor
     parallelism splits whole heads; it is the release's (3D, D) weight
-    transposed and reshaped.
+    transposed and reshaped. The core (``copgen_jax.models.attention``) is the
+    config's ``model.attention``.
     """
 
-    def __init__(self, dim, heads, rngs, dtype, attention_dtype, ground_bias=0.0):
+    def __init__(self, dim, heads, rngs, dtype, attention_dtype, ground_bias=0.0, impl="auto"):
         self.heads, self.head_dim = heads, dim // heads
         self.qkv = param(rngs, trunc_normal, (dim, 3, heads, self.head_dim), ("embed", None, "heads", None))
         self.proj = param(rngs, trunc_normal, (heads, self.head_dim, dim), ("heads", None, "embed"))
@@ -45,27 +47,16 @@ class Attention(nnx.Module):
         # they start at ground_bias, ground_bias / 2, ... so heads range from local to wide.
         self.ground_slopes = param(rngs, lambda *_: ground_bias * 0.5 ** jnp.arange(heads, dtype=jnp.float32),
                                     (heads,), ("heads",)) if ground_bias else None
-        self.dtype, self.attention_dtype = dtype, attention_dtype
+        self.dtype, self.attention_dtype, self.impl = dtype, attention_dtype, impl
 
     def __call__(self, x, key_mask, distance=None):
-        qkv = jnp.einsum("bld,dthk->tbhlk", x.astype(self.dtype), self.qkv[...].astype(self.dtype))
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        # The scale goes on q, not on the (L x L) logits, and the softmax is normalised after
-        # the value product (as flash attention does): the backward then has no softmax-Jacobian
-        # pass over the weights. On CPU those passes cost more than the attention matmuls
-        # (fwd + bwd at L = 834, D = 384: 226 ms vs 294 ms with jax.nn.softmax).
-        q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
-        logits = jnp.einsum("bhqk,bhlk->bhql", q, k, preferred_element_type=self.attention_dtype)
-        logits = logits.astype(self.attention_dtype)
+        qkv = jnp.einsum("bld,dthk->tblhk", x.astype(self.dtype), self.qkv[...].astype(self.dtype))
+        bias = None
         if self.ground_slopes is not None:
-            slopes = self.ground_slopes[...].astype(self.attention_dtype)
-            logits = logits - slopes[None, :, None, None] * distance.astype(self.attention_dtype)[None, None]
-        if key_mask is not None:
-            logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-        weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-        out = jnp.einsum("bhql,bhlk->bhqk", weights.astype(self.dtype), v)
-        out = (out / weights.sum(axis=-1, keepdims=True)).astype(self.dtype)
-        out = jnp.einsum("bhqk,hkd->bqd", out, self.proj[...].astype(self.dtype))
+            bias = self.ground_slopes[...][:, None, None] * distance[None]
+        out = attention.attend(qkv[0], qkv[1], qkv[2], key_mask, bias, impl=self.impl,
+                               logits_dtype=self.attention_dtype)
+        out = jnp.einsum("blhk,hkd->bld", out, self.proj[...].astype(self.dtype))
         return out + self.proj_bias[...].astype(self.dtype)
 
 
@@ -82,14 +73,14 @@ class Block(nnx.Module):
     """Post-LN block; with ``skip`` it first fuses the long-skip input."""
 
     def __init__(self, dim, heads, mlp_ratio, rngs, *, skip=False, dtype=jnp.float32,
-                 attention_dtype=jnp.float32, ground_bias=0.0):
+                 attention_dtype=jnp.float32, ground_bias=0.0, attention_impl="auto"):
         if skip:
             self.skip_linear = Dense(2 * dim, dim, (None, "embed"), rngs, dtype=dtype)
             self.norm1 = LayerNorm(dim, rngs)
         else:
             self.skip_linear = self.norm1 = None
         self.norm2 = LayerNorm(dim, rngs)
-        self.attn = Attention(dim, heads, rngs, dtype, attention_dtype, ground_bias)
+        self.attn = Attention(dim, heads, rngs, dtype, attention_dtype, ground_bias, attention_impl)
         self.norm3 = LayerNorm(dim, rngs)
         self.mlp = Mlp(dim, dim * mlp_ratio, rngs, dtype)
 
@@ -187,14 +178,18 @@ class UViT(nnx.Module):
     """COP-GEN's U-ViT over the modalities of ``registry``."""
 
     def __init__(self, registry: Registry, *, hidden, depth, heads, mlp_ratio=4, rngs: nnx.Rngs,
-                 dtype=jnp.float32, attention_dtype=jnp.float32, remat=False, pos_init="random",
-                 ground_bias=0.0):
+                 dtype=jnp.float32, attention_dtype=jnp.float32, remat_policy="none", scan_blocks=False,
+                 attention_impl="auto", pos_init="random", ground_bias=0.0):
         if hidden % heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
-        self.registry, self.hidden, self.remat = registry, hidden, remat
+        if remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"model.remat_policy={remat_policy!r}: use one of {tuple(REMAT_POLICIES)}")
+        attention.resolve(attention_impl, platform="cpu", dtype=dtype, has_bias=bool(ground_bias))  # checks
+        self.registry, self.hidden = registry, hidden
+        self.remat_policy, self.scan_blocks = remat_policy, scan_blocks
         self.dtype = dtype
-        block = functools.partial(Block, hidden, heads, mlp_ratio, rngs, dtype=dtype,
-                                  attention_dtype=attention_dtype, ground_bias=ground_bias)
+        block = functools.partial(Block, hidden, heads, mlp_ratio, rngs, dtype=dtype, attention_dtype=attention_dtype,
+                                  ground_bias=ground_bias, attention_impl=attention_impl)
         self.ground_bias = ground_bias
         self.pos_embed = param(rngs, _pos_init(pos_init, registry, hidden), (1, registry.num_tokens, hidden),
                                 (None, "tokens", "embed"))
@@ -226,6 +221,45 @@ class UViT(nnx.Module):
                 raise ValueError(f"{name}: no timestep given")
         return [m.name for m in self.registry if m.name in latents]
 
+    # -- the block stack -----------------------------------------------------
+    def _blocks(self, x, key_mask, distance):
+        """in blocks (keeping skips), mid block, out blocks (taking them back, last first).
+
+        With ``scan_blocks`` each half runs as one ``lax.scan`` over its blocks' stacked
+        parameters, so the compiled step holds one block's code and its size and compile
+        time stop growing with depth; the parameters themselves stay one module per block
+        (the release's layout, which conversion and checkpoints keep).
+        """
+        apply = _block_apply(self.remat_policy)
+
+        def run(blk, x, skip=None):
+            graphdef, state = nnx.split(blk)
+            return apply(graphdef, state, x, key_mask, skip, distance)
+
+        if not self.scan_blocks:
+            skips = []
+            for blk in self.in_blocks:
+                x = run(blk, x)
+                skips.append(x)
+            x = run(self.mid_block, x)
+            for blk in self.out_blocks:
+                x = run(blk, x, skips.pop())
+            return x
+        in_def, in_state = _stacked(self.in_blocks)
+        out_def, out_state = _stacked(self.out_blocks)
+
+        def down(x, state):
+            x = apply(in_def, state, x, key_mask, None, distance)
+            return x, x
+
+        def up(x, state_skip):
+            state, skip = state_skip
+            return apply(out_def, state, x, key_mask, skip, distance), None
+        x, skips = jax.lax.scan(down, x, in_state)
+        x = run(self.mid_block, x)
+        x, _ = jax.lax.scan(up, x, (out_state, skips[::-1]))
+        return x
+
     def __call__(self, latents: dict, timesteps: dict, present: dict | None = None) -> dict:
         names = self._check(latents, timesteps)
         mods: list[Modality] = [self.registry[n] for n in names]
@@ -248,15 +282,7 @@ class UViT(nnx.Module):
                                        [jnp.repeat(p[:, None], m.num_tokens, 1) for p, m in zip(per_mod, mods)], 1)
 
         distance = jnp.asarray(ground_distance(self.registry)[layout][:, layout]) if self.ground_bias else None
-        call = (lambda blk, x, s=None: nnx.remat(type(blk).__call__)(blk, x, key_mask, s, distance)) if self.remat \
-            else (lambda blk, x, s=None: blk(x, key_mask, s, distance))
-        skips = []
-        for blk in self.in_blocks:
-            x = call(blk, x)
-            skips.append(x)
-        x = call(self.mid_block, x)
-        for blk in self.out_blocks:
-            x = call(blk, x, skips.pop())
+        x = self._blocks(x, key_mask, distance)
         x = self.norm(x)
 
         out, start = {}, len(names)
@@ -268,8 +294,35 @@ class UViT(nnx.Module):
         return out
 
 
+# What a rematerialised block keeps for the backward (``model.remat_policy``); "none"
+# keeps everything (no remat), "full" only the block's inputs.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _block_apply(remat_policy: str):
+    """A block's forward as a pure function of (graphdef, state), rematerialised per policy."""
+    def apply(graphdef, state, x, key_mask, skip, distance):
+        return nnx.merge(graphdef, state)(x, key_mask, skip, distance)
+    policy = REMAT_POLICIES[remat_policy]
+    if remat_policy == "none":
+        return apply
+    return jax.checkpoint(apply, policy=policy, static_argnums=(0,))
+
+
+def _stacked(blocks):
+    """One graphdef and the blocks' states stacked along a new leading axis (for lax.scan)."""
+    splits = [nnx.split(b) for b in blocks]
+    return splits[0][0], jax.tree.map(lambda *xs: jnp.stack(xs), *[state for _, state in splits])
+
+
 def backbone_from_config(cfg, registry: Registry, rngs: nnx.Rngs) -> UViT:
     mc = cfg.model
     return UViT(registry, hidden=mc.hidden, depth=mc.depth, heads=mc.heads, mlp_ratio=mc.mlp_ratio,
                 rngs=rngs, dtype=jnp.dtype(mc.dtype), attention_dtype=jnp.dtype(mc.attention_dtype),
-                remat=mc.remat, pos_init=mc.get("pos_init", "random"), ground_bias=mc.get("ground_bias", 0.0))
+                remat_policy=mc.remat_policy, scan_blocks=mc.scan_blocks, attention_impl=mc.attention,
+                pos_init=mc.pos_init, ground_bias=mc.ground_bias)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from copgen_jax.diffusion.schedule import diffusion_loss, sample_timesteps, schedule_from_config
+from copgen_jax import draws
+from copgen_jax.diffusion.schedule import diffusion_loss, schedule_from_config
 from copgen_jax.models.backbone import backbone_from_config
 from copgen_jax.modalities import Registry, registry_from_config
 from copgen_jax.data.seeded import SeededSource
@@ -25,20 +25,19 @@ class BackboneTask:
     def create_model(self, rngs: nnx.Rngs):
         return backbone_from_config(self.cfg, self.registry, rngs)
 
-    def loss(self, model, batch, rng, step):
+    def loss(self, model, batch, keys, step):
+        """Loss of one batch; ``keys`` (one per example, see ``copgen_jax.draws``) drive every draw."""
+        z_keys, t_keys, n_keys, d_keys, c_keys = draws.split(keys, 5)
         if "mean" in batch:  # moments from the input pipeline (input_pipeline.sample_on="device"): draw z here
             from copgen_jax.data.input_pipeline import sample_latents
-            rng, z_rng = jax.random.split(rng)
-            batch = sample_latents(batch, z_rng, self.registry)
+            batch = sample_latents(batch, z_keys, self.registry)
         latents, present = batch["latents"], batch["present"]
         names = list(latents)
-        batch_size = latents[names[0]].shape[0]
-        t_rng, n_rng, d_rng, c_rng = jax.random.split(rng, 4)
-        present = self._drop(present, d_rng)
-        clean = self._conditions(present, c_rng)
-        timesteps = sample_timesteps(t_rng, batch_size, names, self.schedule.num_steps)
-        timesteps = {n: jnp.where(clean[n], 0, timesteps[n]) for n in names}
-        noise = {n: jax.random.normal(k, latents[n].shape) for n, k in zip(names, jax.random.split(n_rng, len(names)))}
+        present = self._drop(present, d_keys)
+        clean = self._conditions(present, c_keys)
+        steps = draws.randint(t_keys, 1, self.schedule.num_steps + 1, (len(names),))  # n ~ U{1..N}
+        timesteps = {n: jnp.where(clean[n], 0, steps[:, i]) for i, n in enumerate(names)}
+        noise = {n: draws.normal(k, latents[n].shape[1:]) for n, k in zip(names, draws.split(n_keys, len(names)))}
         noisy = {n: self.schedule.q_sample(latents[n], timesteps[n], noise[n]) for n in names}
         pred = model(noisy, timesteps, present)
         targets = {n: present[n] & ~clean[n] for n in names}
@@ -46,24 +45,23 @@ class BackboneTask:
         total, per_mod = diffusion_loss(pred, wanted, targets)
         return total, {f"loss/{n}": v for n, v in per_mod.items()}
 
-    def _conditions(self, present, rng):
+    def _conditions(self, present, keys):
         """(sample, modality) pairs fed clean at timestep 0, as sampling feeds conditions; no loss.
 
         The release draws n >= 1 only, so the exact input its sampler conditions
         on (n = 0) is never seen in training; ``diffusion.condition_rate`` > 0
         trains on it, which short runs need to follow their conditions.
         """
-        p = self.cfg.diffusion.get("condition_rate", 0.0)
-        keys = jax.random.split(rng, len(present))
-        return {n: present[n] & (jax.random.uniform(k, present[n].shape) < p) for (n, k) in zip(present, keys)}
+        u = draws.uniform(keys, (len(present),))
+        return {n: present[n] & (u[:, i] < self.cfg.diffusion.condition_rate) for i, n in enumerate(present)}
 
-    def _drop(self, present, rng):
+    def _drop(self, present, keys):
         """Randomly mark (sample, modality) pairs absent: they leave attention and the loss."""
         p = self.cfg.diffusion.modality_dropout
         if not p:
             return present
-        keys = jax.random.split(rng, len(present))
-        return {n: present[n] & (jax.random.uniform(k, present[n].shape) >= p) for (n, k) in zip(present, keys)}
+        u = draws.uniform(keys, (len(present),))
+        return {n: present[n] & (u[:, i] >= p) for i, n in enumerate(present)}
 
     def make_iterator(self, process_index, process_count, seed):
         if self.cfg.data.source == "synthetic_latents":

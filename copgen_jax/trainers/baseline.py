@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from copgen_jax import checkpoint
+from copgen_jax import checkpoint, draws
 from copgen_jax.trainers.backbone import BackboneTask
 from copgen_jax.diffusion.schedule import diffusion_loss
 from copgen_jax.defaults import baseline_defaults
@@ -46,26 +46,26 @@ class BaselineTask(BackboneTask):
         for name in self.settings.targets:
             self.registry[name]  # an unknown name raises, listing the known ones
 
-    def roles(self, present: dict, rng) -> tuple[dict, dict]:
+    def roles(self, present: dict, keys) -> tuple[dict, dict]:
         """(target, in_sequence): name -> (B,) bool. Targets are a subset of the present modalities."""
         names = list(present)
         avail = jnp.stack([present[n].astype(bool) for n in names], 1)  # (B, M)
-        t_rng, f_rng, d_rng = jax.random.split(rng, 3)
+        t_keys, f_keys, d_keys = draws.split(keys, 3)
         if self.settings.targets:
             chosen = jnp.asarray([n in self.settings.targets for n in names])[None] & avail
         else:
-            u = jax.random.uniform(t_rng, avail.shape)
+            u = draws.uniform(t_keys, avail.shape[1:])
             chosen = (u < self.settings.target_rate) & avail
             # An example with no target would teach nothing: make one present modality a target.
-            pick = jnp.argmin(jnp.where(avail, jax.random.uniform(f_rng, avail.shape), 2.0), 1)
+            pick = jnp.argmin(jnp.where(avail, draws.uniform(f_keys, avail.shape[1:]), 2.0), 1)
             forced = jax.nn.one_hot(pick, len(names), dtype=bool) & avail
             chosen = jnp.where(chosen.any(1, keepdims=True), chosen, forced)
-        kept = avail & (chosen | (jax.random.uniform(d_rng, avail.shape) >= self.settings.condition_dropout))
+        kept = avail & (chosen | (draws.uniform(d_keys, avail.shape[1:]) >= self.settings.condition_dropout))
         return ({n: chosen[:, i] for i, n in enumerate(names)}, {n: kept[:, i] for i, n in enumerate(names)})
 
-    def loss(self, model, batch, rng, step):
+    def loss(self, model, batch, keys, step):
         latents = batch["latents"]
-        target, kept = self.roles(batch["present"], rng)
+        target, kept = self.roles(batch["present"], keys)
         n_max = self.schedule.num_steps
         inputs, timesteps = {}, {}
         for name, x in latents.items():

@@ -2,13 +2,15 @@
 
 A *task* supplies what differs between models:
   create_model(rngs) -> nnx.Module
-  loss(model, batch, rng, step) -> (scalar loss, {name: scalar})   pure, jit-able
+  loss(model, batch, keys, step) -> (scalar loss, {name: scalar})   pure, jit-able; ``keys``
+      holds one random key per example (``copgen_jax.draws``)
   make_iterator(process_index, process_count, seed) -> per-process numpy batches
       with get_state() / set_state(state) for exact resumption
   images(model, batch) -> {name: HWC uint8}   optional, for TensorBoard
+  batch_shapes(global_batch) -> ShapeDtypeStruct tree of a batch   optional, to compile abstractly
 
 The loop owns the rest: mesh and shardings, AdamW with warm-up, an EMA with a warmed-up
-decay, gradient accumulation, one jitted step, logging, Orbax checkpoints, resume and SIGTERM.
+decay, micro-batches, one jitted step, logging, Orbax checkpoints, resume and preemption.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from copgen_jax import checkpoint, parallel
+from copgen_jax import checkpoint, draws, parallel
 from copgen_jax.trainers.metric_writer import MetricLogger
 
 
@@ -61,23 +63,39 @@ class TrainState(nnx.Module):
         self.ema = nnx.clone(model)
 
 
-def _accumulated_grads(task, graphdef, params, batch, rng, step, accum):
-    """Mean loss and gradients over ``accum`` micro-batches (lax.scan)."""
-    def loss_of(p, micro, key):
-        return task.loss(nnx.merge(graphdef, p), micro, key, step)
+def _microbatched_grads(task, graphdef, params, batch, keys, step, microbatches, grad_shardings):
+    """Mean loss and gradients over ``microbatches`` slices of the batch (one lax.scan).
+
+    Slices are strided (example i goes to slice i % microbatches), so each keeps the
+    batch's even spread over the devices. The summed gradients are held in the
+    parameters' own sharding, so under FSDP each device keeps only its shard and the
+    partitioner reduce-scatters each slice's gradients instead of all-reducing them.
+    Each slice's loss is its own mean, so the result equals the whole batch's when the
+    slices hold equally many targets (as without modality dropout).
+    """
+    def loss_of(p, micro, micro_keys):
+        return task.loss(nnx.merge(graphdef, p), micro, micro_keys, step)
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
-    if accum == 1:
-        return grad_fn(params, batch, rng)
-    micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+    if microbatches == 1:
+        (loss, aux), grads = grad_fn(params, batch, keys)
+        return (loss, aux), parallel.constrain_shardings(grads, grad_shardings)
 
-    def body(carry, inputs):
-        (loss, aux), grads = grad_fn(params, *inputs)
-        return jax.tree.map(jnp.add, carry, ((loss, aux), grads)), None
+    def strided(x):
+        x = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1)
+        return parallel.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+    slices = jax.tree.map(strided, (batch, keys))
 
-    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng))
-    total, _ = jax.lax.scan(body, zero, (micro, jax.random.split(rng, accum)))
-    return jax.tree.map(lambda x: x / accum, total)
+    def body(total, micro):
+        (loss, aux), grads = grad_fn(params, *micro)
+        grads = parallel.constrain_shardings(grads, grad_shardings)
+        return jax.tree.map(jnp.add, total, ((loss, aux), grads)), None
+
+    first = jax.tree.map(lambda x: x[0], slices)
+    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, *first))
+    zero = (zero[0], parallel.constrain_shardings(zero[1], grad_shardings))
+    total, _ = jax.lax.scan(body, zero, slices)
+    return jax.tree.map(lambda x: x / microbatches, total)
 
 
 def ema_rate(optim, step):
@@ -94,11 +112,13 @@ def ema_rate(optim, step):
     return jnp.minimum(optim.ema_rate, (1.0 + t) / (10.0 + t))
 
 
-def train_step(task, cfg, schedule, state: TrainState, batch, rng):
+def train_step(task, cfg, schedule, state: TrainState, batch, rng, grad_shardings=None):
     """One optimizer step; pure (state in, state out)."""
     step = state.optimizer.step[...]
     graphdef, params = nnx.split(state.model, nnx.Param)
-    (loss, aux), grads = _accumulated_grads(task, graphdef, params, batch, rng, step, cfg.optim.grad_accum)
+    keys = parallel.constrain(draws.example_keys(rng, jax.tree.leaves(batch)[0].shape[0]), ("batch",))
+    (loss, aux), grads = _microbatched_grads(task, graphdef, params, batch, keys, step, cfg.train.microbatches,
+                                             grad_shardings)
     state.optimizer.update(state.model, grads)
     rate = ema_rate(cfg.optim, step)
     ema = nnx.state(state.ema, nnx.Param)
@@ -109,28 +129,42 @@ def train_step(task, cfg, schedule, state: TrainState, batch, rng):
 
 
 class Trainer:
-    """Builds the sharded state and the jitted step for a task on a mesh."""
+    """Builds the sharded state and the jitted step for a task on a mesh.
 
-    def __init__(self, cfg, task, mesh=None):
+    ``abstract=True`` builds shapes and shardings only (nothing is allocated), for
+    ``lower``: the compile-time report of a config on devices it does not have to fill.
+    """
+
+    def __init__(self, cfg, task, mesh=None, *, abstract=False):
         self.cfg, self.task = cfg, task
         self.mesh = mesh or parallel.make_mesh(cfg.mesh)
         self.rules = parallel.rules_from_config(cfg.mesh)
-        parallel.check_batch(cfg.train.global_batch, self.mesh)
-        if cfg.train.global_batch % (cfg.optim.grad_accum * jax.process_count()):
-            raise parallel.ShardingError(
-                f"global batch {cfg.train.global_batch} is not divisible by grad_accum {cfg.optim.grad_accum} "
-                f"x {jax.process_count()} processes")
+        self.microbatches = cfg.train.microbatches
+        parallel.check_batch(cfg.train.global_batch, self.mesh, self.microbatches)
         self.tx, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         ctor = lambda: TrainState(task.create_model(nnx.Rngs(cfg.seed)), self.tx)  # noqa: E731
-        self.state = parallel.create_sharded(ctor, self.mesh, self.rules)
+        build = parallel.abstract_model if abstract else parallel.create_sharded
+        self.state = build(ctor, self.mesh, self.rules)
         self.graphdef, state = nnx.split(self.state)
-        self.shardings = jax.tree.map(lambda x: x.sharding, state)
+        self.shardings = parallel.state_shardings(state, self.mesh, self.rules)
+        self.grad_shardings = parallel.state_shardings(nnx.state(self.state.model, nnx.Param), self.mesh, self.rules)
         self._step = jax.jit(self._pure_step, in_shardings=(self.shardings, None, None),
                              out_shardings=(self.shardings, None), donate_argnums=0)
 
+    def lower(self, batch_shapes=None):
+        """The step lowered for abstract arguments (``task.batch_shapes`` by default)."""
+        batch_shapes = batch_shapes or self.task.batch_shapes(self.cfg.train.global_batch)
+        put = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,  # noqa: E731
+                                             sharding=parallel.batch_sharding(self.mesh, len(x.shape)))
+        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             nnx.state(self.state), self.shardings)
+        with parallel.use_mesh(self.mesh, self.rules):
+            return self._step.lower(state, jax.tree.map(put, batch_shapes), jax.eval_shape(jax.random.key, 0))
+
     def _pure_step(self, state, batch, rng):
         with parallel.logical_rules(self.rules):  # the mesh is set by the caller, outside jit
-            new, metrics = train_step(self.task, self.cfg, self.schedule, nnx.merge(self.graphdef, state), batch, rng)
+            new, metrics = train_step(self.task, self.cfg, self.schedule, nnx.merge(self.graphdef, state), batch, rng,
+                                      self.grad_shardings)
             return nnx.state(new), metrics
 
     def step(self, batch, rng):
@@ -162,10 +196,19 @@ class Trainer:
 
 
 class _Preemption:
-    """SIGTERM sets a flag; the loop saves at the next step boundary and exits."""
+    """When to save and stop for a preemption.
 
-    def __init__(self):
-        self.requested = False
+    Under ``jax.distributed`` every host must enter the collective save at the same
+    step: Orbax's ``reached_preemption`` asks the runtime's preemption sync (which
+    catches SIGTERM on any host) and all hosts agree on the step. A single process
+    sets a flag on SIGTERM and saves at the next step boundary.
+    """
+
+    def __init__(self, mgr):
+        self.mgr, self.requested = mgr, False
+        self.shared = jax.process_count() > 1
+        if self.shared:
+            return
         try:
             signal.signal(signal.SIGTERM, self._handler)
         except ValueError:  # not the main thread (e.g. inside a test runner thread)
@@ -174,6 +217,11 @@ class _Preemption:
     def _handler(self, signum, frame):
         logging.warning("SIGTERM received: saving a checkpoint at the next step boundary")
         self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if self.shared:
+            self.requested = self.requested or self.mgr.reached_preemption(step)
+        return self.requested
 
 
 def train(cfg, workdir, task, *, mesh=None) -> dict:
@@ -184,7 +232,7 @@ def train(cfg, workdir, task, *, mesh=None) -> dict:
     iterator = task.make_iterator(jax.process_index(), jax.process_count(), cfg.seed)
     start = _resume(mgr, trainer, iterator)
     logger = MetricLogger(workdir, cfg.train.global_batch)
-    preempt = _Preemption()
+    preempt = _Preemption(mgr)
     rng = jax.random.key(cfg.seed)
     metrics, step = {}, start
     for step in range(start, cfg.train.steps):
@@ -194,10 +242,11 @@ def train(cfg, workdir, task, *, mesh=None) -> dict:
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             metrics = logger.write(done, metrics)
             _log_images(logger, task, trainer, batch, done)
-        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or preempt.requested:
+        stop = preempt.reached(done)
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop:
             checkpoint.save(mgr, done, trainer.arrays(), iterator)
-        if preempt.requested:
-            logging.warning("checkpoint for step %d written after SIGTERM; exiting", done)
+        if stop:
+            logging.warning("checkpoint for step %d written after a preemption notice; exiting", done)
             break
     mgr.wait_until_finished()
     mgr.close()

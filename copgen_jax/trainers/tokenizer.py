@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from copgen_jax import draws
 from copgen_jax.models.discriminator import min_input_size
-from copgen_jax.models.tokenizer import (TokenizerWithDisc, outputs_to_pixels, sample_latent, tokenizer_model_from_config,
+from copgen_jax.models.tokenizer import (TokenizerWithDisc, outputs_to_pixels, tokenizer_model_from_config,
                                          tokenizer_modality)
 from copgen_jax.modalities import CATEGORICAL, Registry, registry_from_config
 from copgen_jax.data.pixels import PresentPixels, RandomPixels, preview
@@ -73,16 +74,16 @@ class TokenizerTask:
         """The discriminator compares like with like: logits become probabilities in [-1, 1]."""
         return 2.0 * jax.nn.softmax(y, axis=-1) - 1.0 if self.cross_entropy else y
 
-    def loss(self, model: TokenizerWithDisc, batch, rng, step):
+    def loss(self, model: TokenizerWithDisc, batch, keys, step):
         x = _nhwc(batch["pixels"].astype(jnp.float32))
         b = x.shape[0]
-        rng, flip_rng = jax.random.split(rng)
+        flip_keys, z_keys = draws.split(keys, 2)
         if self.tcfg.get("hflip", False):
-            flip = jax.random.bernoulli(flip_rng, 0.5, (b, 1, 1, 1))
+            flip = draws.uniform(flip_keys, (1, 1, 1)) < 0.5
             x = jnp.where(flip, x[:, :, ::-1], x)
         ae = model.autoencoder
         mean, logvar = ae.moments_nhwc(x)
-        h = ae.decoder_features(sample_latent(mean, logvar, rng))
+        h = ae.decoder_features(mean + jnp.exp(0.5 * logvar) * draws.normal(z_keys, mean.shape[1:], mean.dtype))
         y = ae.decoder.conv_out(h).astype(jnp.float32)
         s = model.logvar[...] if model.logvar is not None else jnp.zeros(())
 

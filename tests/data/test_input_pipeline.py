@@ -8,6 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from copgen_jax import draws
 from copgen_jax.data import input_pipeline
 from copgen_jax.data import shards
 from copgen_jax.data import schema
@@ -209,7 +210,8 @@ def test_sampling_on_device_matches_the_host_statistics(latent_dir):
     it = _iterator(files, sample_on="device")
     moments = next(it)
     assert set(moments) == {"mean", "logvar", "present"}
-    batch = jax.jit(lambda b, k: input_pipeline.sample_latents(b, k, REG))(moments, jax.random.key(0))
+    keys = draws.example_keys(jax.random.key(0), len(moments["present"][REG.names[0]]))
+    batch = jax.jit(lambda b, k: input_pipeline.sample_latents(b, k, REG))(moments, keys)
     m, dem = REG["S2L2A_B02_B03_B04_B08"], REG["DEM_DEM"]
     ids = np.round(moments["mean"][m.name].mean(axis=(1, 2, 3))).astype(int)
     z = np.asarray(batch["latents"][m.name]) / m.scale_factor - ids[:, None, None, None]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from copgen_jax import checkpoint
+from copgen_jax import checkpoint, draws
 from copgen_jax.trainers.tiny_run import host_initialised
 from copgen_jax.evaluate.baseline import Baseline
 from copgen_jax.trainers.baseline import BaselineTask, train_baseline
@@ -28,13 +28,17 @@ def baseline(run):
     return Baseline.load(run)
 
 
+def keys(present, seed):
+    """One key per example of the batch ``present`` describes."""
+    return draws.example_keys(jax.random.key(seed), len(next(iter(present.values()))))
+
 
 def test_roles_random_subsets():
     task = BaselineTask(tiny_config())
     names = task.registry.names
     present = {n: jnp.ones(64, bool) for n in names}
     present[DEM] = jnp.arange(64) % 2 == 0  # DEM missing from every odd example
-    target, kept = task.roles(present, jax.random.key(0))
+    target, kept = task.roles(present, keys(present, 0))
     t = np.stack([np.asarray(target[n]) for n in names], 1)
     k = np.stack([np.asarray(kept[n]) for n in names], 1)
     p = np.stack([np.asarray(present[n]) for n in names], 1)
@@ -50,7 +54,7 @@ def test_roles_fixed_targets_and_unknown_name():
     cfg.baseline = {"targets": (S2,), "condition_dropout": 0.0}
     task = BaselineTask(cfg)
     present = {n: jnp.ones(8, bool) for n in task.registry.names}
-    target, kept = task.roles(present, jax.random.key(1))
+    target, kept = task.roles(present, keys(present, 1))
     assert all(bool(target[n].all()) == (n == S2) for n in target)
     assert all(bool(kept[n].all()) for n in kept)
     cfg.baseline = {"targets": ("S2L2A_B99",)}
@@ -66,7 +70,7 @@ def test_loss_is_x0_mse_on_the_targets_only():
     rng = np.random.default_rng(0)
     latents = {m.name: jnp.asarray(rng.standard_normal((2, *m.latent_shape)), jnp.float32) for m in task.registry}
     present = {n: jnp.ones(2, bool) for n in latents}
-    total, per = task.loss(model, {"latents": latents, "present": present}, jax.random.key(0), 0)
+    total, per = task.loss(model, {"latents": latents, "present": present}, keys(present, 0), 0)
     inputs = {**latents, S2: jnp.zeros_like(latents[S2])}
     t = {n: jnp.full((2,), 1000 if n == S2 else 0, jnp.int32) for n in latents}
     want = float(jnp.mean((model(inputs, t, present)[S2] - latents[S2]) ** 2))

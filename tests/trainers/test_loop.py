@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from configs import test as test_config
-from copgen_jax import parallel
+from copgen_jax import draws, parallel
 from copgen_jax.trainers.backbone import BackboneTask
 from copgen_jax.trainers.loop import Trainer, ema_rate, learning_rate_schedule, train
 
@@ -118,18 +118,26 @@ class LinearTask:
         raise NotImplementedError  # batches are fed directly in these tests
 
 
-def test_gradient_accumulation_equals_full_batch():
-    rng = np.random.default_rng(0)
-    batch = {"x": rng.standard_normal((8, 8)).astype(np.float32), "y": rng.standard_normal(8).astype(np.float32)}
-    weights = []
-    for accum in (1, 4):
-        cfg = config(**{"optim.grad_accum": accum, "optim.warmup_steps": 1})
-        trainer = Trainer(cfg, LinearTask(), mesh_of(1))
-        for _ in range(3):
-            metrics = trainer.step(trainer.global_batch(batch), jax.random.key(0))
-        weights.append(np.asarray(trainer.state.model.kernel[...]))
-        assert float(metrics["mae"]) > 0
-    np.testing.assert_allclose(weights[0], weights[1], rtol=1e-5, atol=1e-7)
+def test_microbatches_equal_one_big_batch():
+    """Four strided micro-batches on a 2-way FSDP mesh give one big batch's loss and update:
+    every example draws from its own key, so the split changes nothing but memory."""
+    results = []
+    for microbatches in (1, 4):
+        cfg = config(**{"train.microbatches": microbatches, "optim.warmup_steps": 1})
+        task = BackboneTask(cfg)
+        trainer = Trainer(cfg, task, mesh_of(2, data=1, fsdp=2))
+        batch = trainer.global_batch(first_batch(task, cfg))
+        metrics = trainer.step(batch, jax.random.key(0))
+        results.append((float(metrics["loss"]), float(metrics["grad_norm"]),
+                        np.asarray(trainer.state.model.out_blocks[0].mlp.fc1.kernel[...])))
+    (loss1, norm1, w1), (loss4, norm4, w4) = results
+    assert loss1 == pytest.approx(loss4, rel=1e-5) and norm1 == pytest.approx(norm4, rel=1e-4)
+    np.testing.assert_allclose(w1, w4, rtol=1e-5, atol=1e-6)
+
+
+def test_microbatches_that_cannot_split_the_batch_are_refused():
+    with pytest.raises(parallel.ShardingError, match="3 micro-batches"):
+        Trainer(config(**{"train.microbatches": 3}), LinearTask(), mesh_of(1))
 
 
 @pytest.mark.parametrize("warmup,rate_at_step_0", [(False, 0.5), (True, 0.1)])
@@ -173,7 +181,7 @@ def test_unshardable_batch_is_a_clear_error():
 
 
 def test_bf16_compute_with_remat_keeps_fp32_master_weights():
-    cfg = config(**{"model.dtype": "bfloat16", "model.remat": True})
+    cfg = config(**{"model.dtype": "bfloat16", "model.remat_policy": "full"})
     task = BackboneTask(cfg)
     trainer = Trainer(cfg, task, mesh_of(1))
     metrics = trainer.step(trainer.global_batch(first_batch(task, cfg)), jax.random.key(0))
@@ -212,7 +220,7 @@ def test_conditions_enter_clean_at_timestep_zero_without_loss(rate):
     task = BackboneTask(cfg)
     batch = jax.tree.map(jnp.asarray, first_batch(task, cfg))
     model = _Recorder()
-    total, per_mod = task.loss(model, batch, jax.random.key(3), 0)
+    total, per_mod = task.loss(model, batch, draws.example_keys(jax.random.key(3), cfg.train.global_batch), 0)
     noisy, timesteps, present = model.seen
     expected = 0.0
     for name, x in batch["latents"].items():

@@ -11,7 +11,7 @@ from flax import nnx
 
 from configs import tokenizer as official_config
 from configs import tokenizer_test
-from copgen_jax import parallel
+from copgen_jax import draws, parallel
 from copgen_jax.latents import encode
 from copgen_jax.data import shards
 from copgen_jax.data import schema
@@ -143,7 +143,7 @@ def test_gan_gradients_are_separated_and_weighted():
     @jax.jit
     def gradients(p, step):  # d term / d params for every term at once
         def f(p):
-            loss, aux = task.loss(nnx.merge(graphdef, p), batch, jax.random.key(1), step)
+            loss, aux = task.loss(nnx.merge(graphdef, p), batch, draws.example_keys(jax.random.key(1), len(batch["pixels"])), step)
             return jnp.stack([loss] + [aux[t] for t in terms[1:]]), aux
         return jax.jacrev(f, has_aux=True)(p)
 
