@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -62,6 +63,16 @@ class BackboneTask:
             return present
         u = draws.uniform(keys, (len(present),))
         return {n: present[n] & (u[:, i] >= p) for i, n in enumerate(present)}
+
+    def batch_shapes(self, global_batch: int) -> dict:
+        """Shapes of one global batch as ``make_iterator`` yields it (moments when z is drawn
+        on device, latents otherwise), for compiling the step without data."""
+        def arrays(dtype=np.float32):
+            return {m.name: jax.ShapeDtypeStruct((global_batch, *m.latent_shape), dtype) for m in self.registry}
+        present = {m.name: jax.ShapeDtypeStruct((global_batch,), np.bool_) for m in self.registry}
+        if self.cfg.data.source == "shards" and self.cfg.data.sample_on == "device":
+            return {"mean": arrays(), "logvar": arrays(), "present": present}
+        return {"latents": arrays(), "present": present}
 
     def make_iterator(self, process_index, process_count, seed):
         if self.cfg.data.source == "synthetic_latents":
