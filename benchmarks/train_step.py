@@ -10,9 +10,15 @@ two products its backward adds, at their real shapes) one by one: their sum is
 the time the step would take if nothing but its matmuls cost anything, so
 ``matmul_bound_mfu`` is the most MFU these shapes allow on this machine.
 
+With ``--against-release PATH`` (a clone of the COP-GEN release; PyTorch and einops
+from the ``torch`` extra) it also builds the release's network at the same shapes and
+times its training step (forward, backward, AdamW, EMA update), alternating one step of
+each so that both see the same machine load, and reports both medians and their ratio.
+
   python benchmarks/train_step.py --config=configs/base.py \
       --config.model.hidden=384 --config.model.depth=12 --config.model.heads=6 \
-      --config.train.global_batch=4 --steps=5 --out=benchmarks/results/train_step.json
+      --config.train.global_batch=4 --steps=5 --against-release=/path/to/COP-GEN \
+      --out=benchmarks/results/train_step_d384.json
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "Config t
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time forward, forward+backward and the step's matmuls.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/train_step.json", "Where to write the JSON.")
+_RELEASE = flags.DEFINE_string("against-release", "", "A clone of the COP-GEN release: time its step alongside.")
 
 
 def matmul_ceiling(n=2048, repeats=10) -> float:
@@ -110,6 +117,45 @@ def phase_seconds(trainer, batch) -> dict:
                 "forward_backward_s": _best_seconds(jax.jit(jax.grad(loss)), state, repeats=3)}
 
 
+def release_step(cfg, registry, path: str):
+    """One training step of the release's network at the config's shapes, as a closure.
+
+    The release's objective (every modality noised at its own timestep, the mean squared
+    error of its ε), AdamW with the config's settings and the EMA update, in float32.
+    """
+    import copy
+
+    import torch
+
+    from copgen_jax.convert.parity import import_release, release_backbone_kwargs
+    from copgen_jax.diffusion.schedule import schedule_from_config
+    sys.path.insert(0, os.path.abspath(path))
+    torch.manual_seed(0)
+    net = import_release("libs.copgen_multi_post_ln").COPGEN(**release_backbone_kwargs(cfg, registry))
+    ema = copy.deepcopy(net).requires_grad_(False)
+    o = cfg.optim
+    opt = torch.optim.AdamW(net.parameters(), lr=o.lr, betas=(o.b1, o.b2), weight_decay=o.weight_decay)
+    schedule = schedule_from_config(cfg)
+    alpha_bars = torch.tensor(schedule.alpha_bars, dtype=torch.float32)
+    b = cfg.train.global_batch
+    x0 = [torch.randn(b, *m.latent_shape) for m in registry]
+
+    def step():
+        n = [torch.randint(1, schedule.num_steps + 1, (b,)) for _ in x0]
+        eps = [torch.randn_like(x) for x in x0]
+        xn = [alpha_bars[t].sqrt().view(-1, 1, 1, 1) * x + (1 - alpha_bars[t]).sqrt().view(-1, 1, 1, 1) * e
+              for x, t, e in zip(x0, n, eps)]
+        loss = sum((p - e).square().flatten(1).mean(1).mean() for p, e in zip(net(xn, n), eps))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters()):
+                pe.mul_(o.ema_rate).add_(p, alpha=1 - o.ema_rate)
+        return loss.item()
+    return step, torch.__version__
+
+
 def model_flops_per_step(cfg, registry) -> float:
     """Analytic training FLOPs: 3 x forward (backward = 2 x forward) of the U-ViT."""
     d, depth, r = cfg.model.hidden, cfg.model.depth, cfg.model.mlp_ratio
@@ -136,12 +182,22 @@ def main(argv):
     t0 = time.perf_counter()
     jax.block_until_ready(trainer.step(batch, jax.random.key(0)))
     warmup = time.perf_counter() - t0
-    times = []
+    theirs = None
+    if _RELEASE.value:
+        theirs, torch_version = release_step(cfg, task.registry, _RELEASE.value)
+        theirs()  # warm-up
+    times, release_times = [], []
     for i in range(_STEPS.value):
         t0 = time.perf_counter()
         jax.block_until_ready(trainer.step(batch, jax.random.key(i + 1)))
         times.append(time.perf_counter() - t0)
-        print(f"step {i + 1}/{_STEPS.value}: {times[-1]:.3f} s", flush=True)
+        line = f"step {i + 1}/{_STEPS.value}: {times[-1]:.3f} s"
+        if theirs is not None:
+            t0 = time.perf_counter()
+            theirs()
+            release_times.append(time.perf_counter() - t0)
+            line += f", release {release_times[-1]:.3f} s"
+        print(line, flush=True)
 
     median = statistics.median(times)
     flops = model_flops_per_step(cfg, task.registry)
@@ -162,13 +218,18 @@ def main(argv):
         "matmul_ceiling_flops_per_s": ceiling,
         "mfu": flops / median / ceiling,
     }
+    if theirs is not None:
+        result.update({"release": f"{_RELEASE.value} (PyTorch {torch_version}, float32)",
+                       "release_median_step_s": statistics.median(release_times),
+                       "ratio_to_release": median / statistics.median(release_times),
+                       "step_s": times, "release_step_s": release_times})
     if _BREAKDOWN.value:
         result.update(phase_seconds(trainer, batch))
         bound, matmuls = matmul_bound(cfg, task.registry)
         result["matmul_bound_s"] = bound
         result["matmul_bound_mfu"] = flops / bound / ceiling
         result["non_matmul_share"] = 1 - bound / median
-    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in result.items()]
+    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in result.items() if k not in ("step_s", "release_step_s")]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     if _BREAKDOWN.value:

@@ -82,3 +82,36 @@ def test_two_processes_on_localhost_agree_with_one(tmp_path):
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
     assert results[0]["loss"] == pytest.approx(final_metrics(single.stderr)["loss"], rel=1e-5)
     assert (tmp_path / "multi" / "checkpoints" / "3").exists()
+
+
+def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
+    """Two processes: SIGTERM reaches only process 1, yet both save one checkpoint, at one step
+    (Orbax's reached_preemption over the distributed runtime), exit cleanly, and resume from it."""
+    workdir = tmp_path / "run"
+    steps = ["--config=configs/test.py", f"--workdir={workdir}", "--config.train.steps=100000",
+             "--config.train.log_every=1", "--config.train.checkpoint_every=100000"]
+    port = portpicker.pick_unused_port()
+    cluster = dict(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2")
+    procs = [subprocess.Popen(main_cmd(*steps), cwd=ROOT, env=env(2, **cluster, JAX_PROCESS_ID=str(i)),
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    log0 = []
+    for line in procs[0].stderr:
+        log0.append(line)
+        if "step 3 |" in line:
+            procs[1].send_signal(signal.SIGTERM)
+            break
+    logs = ["".join(log0) + procs[0].communicate(timeout=180)[1], procs[1].communicate(timeout=180)[1]]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and 3 <= saved[0] < 100000, saved
+    for log in logs:
+        assert f"checkpoint for step {saved[0]} written after a preemption notice" in log
+    port = portpicker.pick_unused_port()
+    cluster["JAX_COORDINATOR_ADDRESS"] = f"localhost:{port}"
+    resumed = [subprocess.Popen(main_cmd(*steps[:2], f"--config.train.steps={saved[0] + 1}"), cwd=ROOT,
+                                env=env(2, **cluster, JAX_PROCESS_ID=str(i)), stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    for p in resumed:
+        log = p.communicate(timeout=180)[1]
+        assert p.returncode == 0 and f"resumed from step {saved[0]}" in log, log[-3000:]
