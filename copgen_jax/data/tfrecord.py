@@ -18,7 +18,7 @@ Float lists decode to zero-copy ``float32`` views of the record, which is what
 makes parsing large latent records cheap. Files written here are
 byte-compatible with ``tf.io.TFRecordWriter`` and parse with
 ``tf.io.parse_single_example``; files TensorFlow writes read back here. Paths
-may be URIs (``gs://...``, through ``copgen_jax.fileio``).
+may be URIs (``gs://...``, through ``copgen_jax.storage``).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
 
-from copgen_jax import fileio
+from copgen_jax import storage
 
 try:  # Hardware CRC32C (GB/s); the table-driven fallback below is ~10 MB/s.
     import google_crc32c as _gcrc
@@ -90,8 +90,8 @@ class TFRecordWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self._f: BinaryIO = fileio.open(self.path, "wb")
-        self._local = fileio.is_local(self.path)
+        self._f: BinaryIO = storage.path(self.path).open("wb")
+        self._local = storage.is_local(self.path)
         self.records = 0
 
     def write(self, data: bytes) -> None:
@@ -134,7 +134,7 @@ class TFRecordReader:
         self.path = os.fspath(path)
         self.offset, self.index, self.skipped = offset, index, skipped
         self.on_corrupt = on_corrupt
-        self._f = fileio.open(self.path, "rb")
+        self._f = storage.path(self.path).open("rb")
         self._f.seek(offset)  # on object stores a ranged read: resuming does not re-read the file
         self._done = False
 

@@ -39,10 +39,12 @@ import json
 import math
 import os
 import sys
-import time
 from typing import Any, Callable, Iterable, Sequence
 
+import tqdm
+
 from copgen_jax.data import schema
+from copgen_jax import storage
 from copgen_jax.modalities import Registry, build_registry, registry_from_config
 from copgen_jax.data.shards import BuildError, build_shards, process_pool
 
@@ -138,16 +140,15 @@ def synthetic_raw(out: str, registry: Registry, cells: int, observations: int, s
     jobs = [(c, dates[s]) for c, s in splits.items()]
     write = functools.partial(_write_synthetic_cell, raw=raw, seed=seed, footprints_per_side=footprints_per_side,
                               names=list(registry.names))
-    start = time.time()
     with contextlib.ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(process_pool(workers))
             done = pool.map(write, jobs, chunksize=8)
         else:
             done = map(write, jobs)
-        for i, _ in enumerate(done, 1):
-            if progress and (i % 64 == 0 or i == len(jobs)):
-                print(f"synthetic world: {i}/{len(jobs)} cells written, {time.time() - start:.0f} s", file=sys.stderr)
+        for _ in tqdm.tqdm(done, total=len(jobs), desc="synthetic world", unit="cells", disable=not progress,
+                           mininterval=1.0):
+            pass
     with open(marker, "w") as f:
         json.dump(args, f)
     return raw
@@ -211,7 +212,7 @@ def build(source: str, out: str, registry: Registry, *, root=None, cells=4, obse
           fmt: str = "tfrecord", cells_per_shard: int = 1, workers: int = 1, beam_runner: str = "DirectRunner",
           progress: bool = True) -> tuple[str, dict]:
     """Build ``source`` into ``out``; returns (dataset directory, manifest)."""
-    os.makedirs(out, exist_ok=True)
+    storage.path(out).mkdir(parents=True, exist_ok=True)
     units, read_unit = open_source(source, registry, out=out, root=root, cells=cells, observations=observations,
                                    seed=seed, footprints_per_side=footprints_per_side, test_fraction=test_fraction,
                                    test_observations=test_observations, workers=workers, progress=progress)
