@@ -97,7 +97,7 @@ class _RemoteEventFile:
     """An event file on a URI, buffered and uploaded whole at each flush."""
 
     def __init__(self, path):
-        self.path, self._buffer, self._lock = path, io.BytesIO(), threading.Lock()
+        self.path, self._buffer, self._lock, self._closed = path, io.BytesIO(), threading.Lock(), False
 
     def write(self, data):
         with self._lock:
@@ -105,7 +105,9 @@ class _RemoteEventFile:
 
     def flush(self):  # called by tensorboardX's writer thread and by SummaryWriter.flush
         with self._lock:
-            storage.path(self.path).write_bytes(self._buffer.getvalue())
+            if not self._closed:
+                storage.path(self.path).write_bytes(self._buffer.getvalue())
 
-    def close(self):
+    def close(self):  # tensorboardX's exit hook may close again, after the run's own close
         self.flush()
+        self._closed = True
