@@ -43,4 +43,6 @@ class SeededSource:
         return self._it.get_state()
 
     def set_state(self, state) -> None:
+        if "position" in state:  # a checkpoint from before Grain: its position carries over, the order is Grain's
+            state = {"next_index": int(state["position"]) // self.global_batch}
         self._it.set_state(dict(state))
