@@ -60,7 +60,7 @@ class _Progress:
 
     def __init__(self, total_groups: int, done_groups: int, enabled: bool):
         self.total, self.done = total_groups, done_groups
-        self.bar = tqdm.tqdm(desc=self._desc(), unit="records", disable=not enabled, mininterval=1.0)
+        self.bar = tqdm.tqdm(desc=self._desc(), unit=" records", disable=not enabled, mininterval=1.0)
 
     def _desc(self) -> str:
         return f"shards {self.done}/{self.total}"
@@ -68,7 +68,7 @@ class _Progress:
     def tick(self, n: int = 1, group_done: bool = False) -> None:
         if group_done:
             self.done += 1
-            self.bar.set_description(self._desc(), refresh=False)
+            self.bar.set_description_str(self._desc(), refresh=False)
         self.bar.update(n)
         if self.done >= self.total:
             self.bar.close()
