@@ -18,6 +18,7 @@ a copy, and an object appears only once complete, so the same guarantees hold.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -143,6 +144,10 @@ def _build_group(out: str, g: int, units: Sequence, produce: Callable[[Any], Ite
     return marker
 
 
+def _build_group_job(g: int, units: Sequence, *, out, produce, plan, registry) -> dict:
+    return _build_group(out, g, units, produce, plan, registry)
+
+
 def process_pool(workers: int) -> cf.ProcessPoolExecutor:
     """Worker processes spawned, not forked: the caller may hold JAX's threads, which fork can deadlock."""
     return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
@@ -151,14 +156,17 @@ def process_pool(workers: int) -> cf.ProcessPoolExecutor:
 def build_shards(out: str, units: Sequence, produce: Callable[[Any], Iterable[dict]], *,
                  registry: Registry, kind: str, name: str, units_per_shard: int = 1,
                  version: str = "1.0.0", source: dict | None = None, workers: int = 1,
-                 progress: bool = True, description: str = "") -> dict:
+                 progress: bool = True, description: str = "", executor: Callable | None = None) -> dict:
     """Write every unit's records into a resumable shard set under ``out``; return the manifest.
 
     ``produce(unit)`` yields Example feature dicts (``schema.pixel_features`` /
     ``schema.latent_features``); ``units`` must be JSON-serialisable and in a
     fixed order. With ``workers > 1`` groups are built in parallel processes
     (``produce`` must then be picklable, e.g. a module-level function or a
-    ``functools.partial`` of one).
+    ``functools.partial`` of one). ``executor(build_group, jobs)`` runs the groups
+    elsewhere instead (``datasets.tfds_builder.on_beam``: an Apache Beam pipeline):
+    it calls ``build_group(g, units)`` once per job, in any process that reaches
+    ``out``; the markers those calls leave are read back here.
     """
     if units_per_shard < 1:
         raise ValueError(f"units_per_shard must be >= 1, got {units_per_shard}")
@@ -172,7 +180,15 @@ def build_shards(out: str, units: Sequence, produce: Callable[[Any], Iterable[di
     if progress and markers:
         print(f"{out}: {len(markers)} of {len(groups)} shards already built, kept", file=sys.stderr)
     bar = _Progress(len(groups), len(markers), progress)
-    if workers <= 1 or len(todo) <= 1:
+    if executor is not None and todo:
+        executor(functools.partial(_build_group_job, out=out, produce=produce, plan=plan, registry=registry),
+                 [(g, groups[g]) for g in todo])
+        for g in todo:
+            if (m := _group_done(out, g)) is None:
+                raise BuildError(f"{out}: shard group {g} was not built by the executor")
+            markers[g] = m
+            bar.tick(sum(s["records"] for s in m["shards"].values()), group_done=True)
+    elif workers <= 1 or len(todo) <= 1:
         for g in todo:
             markers[g] = _build_group(out, g, groups[g], produce, plan, registry, on_record=bar.tick)
             bar.tick(0, group_done=True)

