@@ -113,6 +113,9 @@ def synthetic_raw(out: str, registry: Registry, cells: int, observations: int, s
     ``workers`` processes share the cells.
     """
     from copgen_jax.datasets.synthetic.geometry import sample_cells
+    if not storage.is_local(out):  # its GeoTIFFs are written and read again by rasterio
+        raise BuildError(f"--out={out}: the synthetic world is built in a local directory; build there, "
+                         "then copy the finished set to the bucket (training reads gs:// shard sets)")
     raw = os.path.join(out, "raw")
     marker = os.path.join(raw, ".complete.json")
     dates = {"train": observations, "test": test_observations or observations}
