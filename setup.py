@@ -20,6 +20,9 @@ setup(
         "ml-collections>=1.0",
         "absl-py>=2.1",
         "tensorboardX>=2.6",
+        "etils[epath]>=1.7",  # paths: local, gs:// (with gcsfs), s3://
+        "fsspec>=2024.2",
+        "tqdm>=4.66",
         "matplotlib>=3.8",
         "google-crc32c>=1.5",
     ],

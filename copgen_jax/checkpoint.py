@@ -1,7 +1,7 @@
 """Orbax checkpoints of a run: save, restore, resume, export.
 
 A run's workdir (a local path or a URI such as ``gs://bucket/run``; Orbax reaches
-URIs through ``etils.epath``, ``config.json`` goes through ``copgen_jax.fileio``)
+URIs through ``etils.epath``, as ``config.json`` does: ``copgen_jax.storage``)
 holds ``config.json`` and ``checkpoints/<step>/`` with the items
   params      model parameters (nnx.Param state as a pure dict)
   ema_params  their exponential moving average (what sampling uses)
@@ -11,20 +11,19 @@ Arrays restore directly into their shardings on the current mesh.
 """
 from __future__ import annotations
 
-import json
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from copgen_jax import fileio
+from copgen_jax import storage
 
 ARRAY_ITEMS = ("params", "ema_params", "opt_state")
 
 
 def checkpoint_dir(workdir) -> epath.Path:
     # absolute: Orbax's array reads refuse relative paths (CopGen.load("runs/demo"))
-    return epath.Path(fileio.abspath(workdir)) / "checkpoints"
+    return storage.absolute(workdir) / "checkpoints"
 
 
 def manager(workdir, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
@@ -84,15 +83,15 @@ def abstract_like(tree):
 def save_config(workdir, cfg: ml_collections.ConfigDict) -> None:
     if jax.process_index() != 0:
         return
-    fileio.makedirs(workdir)
-    fileio.write_text(fileio.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+    storage.path(workdir).mkdir(parents=True, exist_ok=True)
+    storage.write_text(storage.path(workdir) / "config.json", cfg.to_json_best_effort(indent=2))
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-    path = fileio.join(workdir, "config.json")
-    if not fileio.exists(path):
+    path = storage.path(workdir) / "config.json"
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir} a copgen_jax run directory?")
-    return ml_collections.ConfigDict(_tuples(json.loads(fileio.read_text(path))))
+    return ml_collections.ConfigDict(_tuples(storage.read_json(path)))
 
 
 def _tuples(obj):

@@ -19,17 +19,18 @@ import time
 import ml_collections
 
 from copgen_jax import checkpoint
+from copgen_jax import storage
 from copgen_jax.modalities import Registry, registry_from_config
 
 
 def paths(workdir) -> dict[str, str]:
-    workdir = os.fspath(workdir)
-    return {"pixels": os.path.join(workdir, "data", "pixels"), "latents": os.path.join(workdir, "data", "latents"),
-            "tokenizers": os.path.join(workdir, "tokenizers"), "report": os.path.join(workdir, "report")}
+    root = storage.path(workdir)
+    return {k: os.fspath(root / p) for k, p in (("pixels", "data/pixels"), ("latents", "data/latents"),
+                                                 ("tokenizers", "tokenizers"), ("report", "report"))}
 
 
 def _manifest_done(directory) -> bool:
-    return os.path.exists(os.path.join(directory, "manifest.json"))
+    return (storage.path(directory) / "manifest.json").exists()
 
 
 def _trained(run_dir, steps) -> bool:
@@ -76,7 +77,7 @@ def stage_tokenizers(cfg, workdir, registry: Registry) -> None:
     from copgen_jax.trainers.loop import train
     p = paths(workdir)
     for m in registry.spatial:
-        run_dir = os.path.join(p["tokenizers"], m.name)
+        run_dir = os.fspath(storage.path(p["tokenizers"]) / m.name)
         tcfg = tokenizer_config(cfg, m.name, p["pixels"])
         if not _trained(run_dir, tcfg.train.steps):
             logging.info("training the %s tokenizer (%d steps)", m.name, tcfg.train.steps)
@@ -107,7 +108,7 @@ def stage_backbone(cfg, workdir, registry: Registry) -> None:
 def stage_report(cfg, workdir, registry: Registry) -> None:
     from copgen_jax.evaluate import demo_report
     out = paths(workdir)["report"]
-    if os.path.exists(os.path.join(out, "metrics.json")):
+    if (storage.path(out) / "metrics.json").exists():
         return
     demo_report.write_report(cfg, workdir, out)
 
@@ -118,7 +119,7 @@ STAGES = (("data", stage_data), ("tokenizers", stage_tokenizers), ("latents", st
 
 def run_pipeline(cfg, workdir) -> dict:
     registry = registry_from_config(cfg)
-    os.makedirs(workdir, exist_ok=True)
+    storage.path(workdir).mkdir(parents=True, exist_ok=True)
     timings = {}
     for name, stage in STAGES:
         start = time.perf_counter()
@@ -126,6 +127,5 @@ def run_pipeline(cfg, workdir) -> dict:
         stage(cfg, workdir, registry)
         timings[name] = round(time.perf_counter() - start, 1)
         logging.info("=== stage %s done in %.1f s ===", name, timings[name])
-    with open(os.path.join(workdir, "pipeline_timings.json"), "w") as f:
-        json.dump(timings, f, indent=2)
+    storage.write_text(storage.path(workdir) / "pipeline_timings.json", json.dumps(timings, indent=2))
     return {f"seconds/{k}": v for k, v in timings.items()}

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Callable, Sequence
 
 import grain
 import jax
 import numpy as np
 
-from copgen_jax import fileio
+from copgen_jax import storage
 from copgen_jax.data import shards
 from copgen_jax.data import schema
 from copgen_jax.data import tfrecord
@@ -177,10 +178,10 @@ class SampleLatents(grain.transforms.RandomMap):
 def assign_shards(files: Sequence[str], process_index: int, process_count: int) -> list[str]:
     """This process's share of the non-empty shards: every ``process_count``-th, sorted."""
     files = sorted(str(f) for f in files)
-    missing = [f for f in files if not fileio.exists(f)]
+    missing = [f for f in files if not storage.path(f).exists()]
     if missing:
         raise FileNotFoundError(f"shard files not found: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
-    nonempty = [f for f in files if fileio.getsize(f) > 0]
+    nonempty = [f for f in files if storage.path(f).stat().length > 0]
     if len(nonempty) < process_count:
         raise DataError(f"{len(nonempty)} non-empty shards for {process_count} processes: each process needs "
                         "its own shard; rebuild with more shards (e.g. fewer cells per shard)")
@@ -331,7 +332,7 @@ def global_batch(local_batch, mesh: jax.sharding.Mesh, sharding=None):
 def _encode_group(unit, *, pixel_dir, registry, encode, batch_size):
     """One pixel shard group -> latent features (same metadata, split and order)."""
     for split in schema.SPLITS:
-        path = fileio.join(pixel_dir, schema.shard_name(unit["name"], split, unit["group"], unit["groups"]))
+        path = os.fspath(storage.path(pixel_dir) / schema.shard_name(unit["name"], split, unit["group"], unit["groups"]))
         records = (schema.decode_record(data, registry, schema.PIXELS, where=f"{path}: record {i}")
                    for i, data in enumerate(tfrecord.read_records(path)))
         batch = []
@@ -373,5 +374,5 @@ def write_latent_shards(out: str, registry: Registry, pixel_dir: str,
                                 batch_size=batch_size)
     return shards.build_shards(
         out, units, produce, registry=registry, kind=schema.LATENTS, name=name or pixels["name"] + "_latents",
-        source=source or {"pixels": fileio.abspath(pixel_dir)}, progress=progress,
+        source=source or {"pixels": os.fspath(storage.absolute(pixel_dir))}, progress=progress,
         description=f"COP-GEN latent moments of {pixels['name']}")

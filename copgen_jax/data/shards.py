@@ -11,24 +11,25 @@ skips done groups. ``.progress/plan.json`` pins units, registry schema and
 grouping: a rebuild with a different plan into the same directory is refused.
 The manifest (``manifest.json``) is written at the end from the markers:
 schema, record counts, per-feature statistics, and the sha256 of every shard.
-Builds write to a local directory (they rely on ``fsync`` and atomic renames);
-a finished set may be copied anywhere, and reading it (``resolve_shards``,
-``load_manifest``, ``verify``) accepts URIs such as ``gs://bucket/set``.
+Every path may be a URI such as ``gs://bucket/set`` (``copgen_jax.storage``):
+locally shards are synced before their rename; on an object store a rename is
+a copy, and an object appears only once complete, so the same guarantees hold.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 import sys
-import time
 import uuid
 from typing import Any, Callable, Iterable, Sequence
 
-from copgen_jax import fileio
+import tqdm
+
+from copgen_jax import storage
 from copgen_jax.data import schema
 from copgen_jax.data import tfrecord
 from copgen_jax.modalities import Registry
@@ -43,43 +44,35 @@ class BuildError(RuntimeError):
     """A build that cannot go on as asked (e.g. a different plan in the same directory)."""
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Atomic: readers see the old file or the new one, never half of one."""
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
+write_json = storage.write_json  # atomic: readers see the old file or the new one
 _write_json = write_json  # older name, kept for callers
 
 
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
-    with fileio.open(path, "rb") as f:
+    with storage.path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
 
 
 class _Progress:
-    """Records/s on stderr, at most every ``every`` seconds plus at each group end."""
+    """A tqdm bar on stderr: records written this run, records/s, and shards done."""
 
-    def __init__(self, total_groups: int, done_groups: int, enabled: bool, every: float = 10.0):
-        self.total, self.done, self.enabled, self.every = total_groups, done_groups, enabled, every
-        self.records, self.start, self.last = 0, time.monotonic(), time.monotonic()
+    def __init__(self, total_groups: int, done_groups: int, enabled: bool):
+        self.total, self.done = total_groups, done_groups
+        self.bar = tqdm.tqdm(desc=self._desc(), unit=" records", disable=not enabled, mininterval=1.0)
+
+    def _desc(self) -> str:
+        return f"shards {self.done}/{self.total}"
 
     def tick(self, n: int = 1, group_done: bool = False) -> None:
-        self.records += n
-        self.done += int(group_done)
-        now = time.monotonic()
-        if self.enabled and (group_done or now - self.last >= self.every):
-            self.last = now
-            rate = self.records / max(now - self.start, 1e-9)
-            print(f"[{self.done}/{self.total} shards] {self.records} records written this run, "
-                  f"{rate:.1f} records/s", file=sys.stderr, flush=True)
+        if group_done:
+            self.done += 1
+            self.bar.set_description_str(self._desc(), refresh=False)
+        self.bar.update(n)
+        if self.done >= self.total:
+            self.bar.close()
 
 
 def _plan(units, units_per_shard, name, kind, version, registry) -> dict:
@@ -90,10 +83,9 @@ def _plan(units, units_per_shard, name, kind, version, registry) -> dict:
 
 
 def _check_plan(out: str, plan: dict) -> None:
-    path = os.path.join(out, PROGRESS, "plan.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+    path = storage.path(out) / PROGRESS / "plan.json"
+    if path.exists():
+        old = storage.read_json(path)
         if old != json.loads(json.dumps(plan)):
             diff = sorted(k for k in set(old) | set(plan) if old.get(k) != json.loads(json.dumps(plan.get(k))))
             raise BuildError(
@@ -103,20 +95,19 @@ def _check_plan(out: str, plan: dict) -> None:
         write_json(path, plan)
 
 
-def _marker(out: str, g: int) -> str:
-    return os.path.join(out, PROGRESS, f"group-{g:05d}.json")
+def _marker(out: str, g: int):
+    return storage.path(out) / PROGRESS / f"group-{g:05d}.json"
 
 
 def _group_done(out: str, g: int) -> dict | None:
     """The group's marker if it and every shard it lists are in place."""
     try:
-        with open(_marker(out, g)) as f:
-            marker = json.load(f)
+        marker = storage.read_json(_marker(out, g))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     for info in marker["shards"].values():
-        path = os.path.join(out, info["file"])
-        if not os.path.exists(path) or os.path.getsize(path) != info["bytes"]:
+        path = storage.path(out) / info["file"]
+        if not path.exists() or path.stat().length != info["bytes"]:
             return None
     return marker
 
@@ -125,7 +116,8 @@ def _build_group(out: str, g: int, units: Sequence, produce: Callable[[Any], Ite
                  plan: dict, registry: Registry, on_record: Callable[[], None] | None = None) -> dict:
     """Write group ``g``'s shards (one per split) and, last, its marker."""
     names = {s: schema.shard_name(plan["name"], s, g, plan["num_groups"]) for s in schema.SPLITS}
-    tmp = {s: os.path.join(out, PARTIAL, f"{n}.{os.getpid()}.{uuid.uuid4().hex[:8]}") for s, n in names.items()}
+    root = storage.path(out)
+    tmp = {s: root / PARTIAL / f"{n}.{os.getpid()}.{uuid.uuid4().hex[:8]}" for s, n in names.items()}
     writers = {s: tfrecord.TFRecordWriter(p) for s, p in tmp.items()}
     stats = schema.Statistics()
     value_names = list(schema.value_features(registry, plan["kind"]))
@@ -140,18 +132,20 @@ def _build_group(out: str, g: int, units: Sequence, produce: Callable[[Any], Ite
             w.close()
         info = {}
         for s in schema.SPLITS:
-            final = os.path.join(out, names[s])
-            info[s] = {"file": names[s], "records": writers[s].records, "bytes": os.path.getsize(tmp[s]),
+            info[s] = {"file": names[s], "records": writers[s].records, "bytes": tmp[s].stat().length,
                        "sha256": sha256_file(tmp[s])}
-            os.replace(tmp[s], final)
+            tmp[s].replace(root / names[s])
     finally:
         for s, w in writers.items():
             w.close(sync=False)
-            if os.path.exists(tmp[s]):
-                os.remove(tmp[s])
+            tmp[s].unlink(missing_ok=True)
     marker = {"group": g, "units": list(units), "shards": info, "statistics": stats.state()}
     write_json(_marker(out, g), marker)
     return marker
+
+
+def _build_group_job(g: int, units: Sequence, *, out, produce, plan, registry) -> dict:
+    return _build_group(out, g, units, produce, plan, registry)
 
 
 def process_pool(workers: int) -> cf.ProcessPoolExecutor:
@@ -162,19 +156,22 @@ def process_pool(workers: int) -> cf.ProcessPoolExecutor:
 def build_shards(out: str, units: Sequence, produce: Callable[[Any], Iterable[dict]], *,
                  registry: Registry, kind: str, name: str, units_per_shard: int = 1,
                  version: str = "1.0.0", source: dict | None = None, workers: int = 1,
-                 progress: bool = True, description: str = "") -> dict:
+                 progress: bool = True, description: str = "", executor: Callable | None = None) -> dict:
     """Write every unit's records into a resumable shard set under ``out``; return the manifest.
 
     ``produce(unit)`` yields Example feature dicts (``schema.pixel_features`` /
     ``schema.latent_features``); ``units`` must be JSON-serialisable and in a
     fixed order. With ``workers > 1`` groups are built in parallel processes
     (``produce`` must then be picklable, e.g. a module-level function or a
-    ``functools.partial`` of one).
+    ``functools.partial`` of one). ``executor(build_group, jobs)`` runs the groups
+    elsewhere instead (``datasets.tfds_builder.on_beam``: an Apache Beam pipeline):
+    it calls ``build_group(g, units)`` once per job, in any process that reaches
+    ``out``; the markers those calls leave are read back here.
     """
     if units_per_shard < 1:
         raise ValueError(f"units_per_shard must be >= 1, got {units_per_shard}")
-    os.makedirs(os.path.join(out, PROGRESS), exist_ok=True)
-    os.makedirs(os.path.join(out, PARTIAL), exist_ok=True)
+    (storage.path(out) / PROGRESS).mkdir(parents=True, exist_ok=True)
+    (storage.path(out) / PARTIAL).mkdir(parents=True, exist_ok=True)
     plan = _plan(units, units_per_shard, name, kind, version, registry)
     _check_plan(out, plan)
     groups = [list(units[g * units_per_shard:(g + 1) * units_per_shard]) for g in range(plan["num_groups"])]
@@ -183,7 +180,15 @@ def build_shards(out: str, units: Sequence, produce: Callable[[Any], Iterable[di
     if progress and markers:
         print(f"{out}: {len(markers)} of {len(groups)} shards already built, kept", file=sys.stderr)
     bar = _Progress(len(groups), len(markers), progress)
-    if workers <= 1 or len(todo) <= 1:
+    if executor is not None and todo:
+        executor(functools.partial(_build_group_job, out=out, produce=produce, plan=plan, registry=registry),
+                 [(g, groups[g]) for g in todo])
+        for g in todo:
+            if (m := _group_done(out, g)) is None:
+                raise BuildError(f"{out}: shard group {g} was not built by the executor")
+            markers[g] = m
+            bar.tick(sum(s["records"] for s in m["shards"].values()), group_done=True)
+    elif workers <= 1 or len(todo) <= 1:
         for g in todo:
             markers[g] = _build_group(out, g, groups[g], produce, plan, registry, on_record=bar.tick)
             bar.tick(0, group_done=True)
@@ -194,7 +199,9 @@ def build_shards(out: str, units: Sequence, produce: Callable[[Any], Iterable[di
                 markers[futures[fut]] = m = fut.result()
                 bar.tick(sum(s["records"] for s in m["shards"].values()), group_done=True)
     manifest = _finish(out, plan, [markers[g] for g in range(len(groups))], registry, source, description)
-    shutil.rmtree(os.path.join(out, PARTIAL), ignore_errors=True)  # leftovers of killed builds
+    partial = storage.path(out) / PARTIAL
+    if partial.exists():
+        partial.rmtree()  # leftovers of killed builds
     return manifest
 
 
@@ -209,7 +216,7 @@ def _manifest(out, *, name, kind, version, registry, source, files_by_split, sta
         "schema": schema.schema(registry, kind), "records": {s: v["records"] for s, v in splits.items()},
         "splits": splits, "statistics": stats.summary(),
     }
-    write_json(os.path.join(out, MANIFEST), manifest)
+    write_json(storage.path(out) / MANIFEST, manifest)
     return manifest
 
 
@@ -222,9 +229,9 @@ def _finish(out, plan, markers, registry, source, description) -> dict:
                          source=source, files_by_split=files, stats=stats)
     nonempty = {s: {"shard_lengths": [f["records"] for f in v["shards"]], "bytes": v["bytes"]}
                 for s, v in manifest["splits"].items() if v["records"]}
-    write_json(os.path.join(out, "dataset_info.json"),
+    write_json(storage.path(out) / "dataset_info.json",
                 schema.tfds_dataset_info(plan["name"], plan["version"], nonempty, description))
-    write_json(os.path.join(out, "features.json"), schema.tfds_features_json(registry, plan["kind"]))
+    write_json(storage.path(out) / "features.json", schema.tfds_features_json(registry, plan["kind"]))
     return manifest
 
 
@@ -235,13 +242,13 @@ def manifest_from_directory(directory: str, registry: Registry, kind: str, *, na
     stats, files = schema.Statistics(), {}
     for split in schema.SPLITS:
         prefix = f"{name}-{split}.tfrecord-"
-        for fname in sorted(f for f in os.listdir(directory) if f.startswith(prefix)):
-            path = os.path.join(directory, fname)
+        for fname in sorted(f.name for f in storage.path(directory).iterdir() if f.name.startswith(prefix)):
+            path = storage.path(directory) / fname
             n = 0
             for data in tfrecord.read_records(path):
                 stats.add_features(tfrecord.decode_example(data), value_names)
                 n += 1
-            files.setdefault(split, []).append({"file": fname, "records": n, "bytes": os.path.getsize(path),
+            files.setdefault(split, []).append({"file": fname, "records": n, "bytes": path.stat().length,
                                                 "sha256": sha256_file(path)})
     return _manifest(directory, name=name, kind=kind, version=version, registry=registry, source=source,
                      files_by_split=files, stats=stats)
@@ -253,11 +260,11 @@ def manifest_from_directory(directory: str, registry: Registry, kind: str, *, na
 
 
 def load_manifest(directory: str) -> dict:
-    path = fileio.join(directory, MANIFEST)
-    if not fileio.exists(path):
+    path = storage.path(directory) / MANIFEST
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: {directory} is not a finished shard set "
                                 "(build it with `python -m copgen_jax.datasets.build`, which resumes if interrupted)")
-    return json.loads(fileio.read_text(path))
+    return storage.read_json(path)
 
 
 def shard_files(directory: str, split: str = "train") -> list[str]:
@@ -265,7 +272,7 @@ def shard_files(directory: str, split: str = "train") -> list[str]:
     manifest = load_manifest(directory)
     if split not in manifest["splits"]:
         raise KeyError(f"{directory}: no split {split!r}; it has {sorted(manifest['splits'])}")
-    return [fileio.join(directory, s["file"]) for s in manifest["splits"][split]["shards"] if s["records"]]
+    return [os.fspath(storage.path(directory) / s["file"]) for s in manifest["splits"][split]["shards"] if s["records"]]
 
 
 def resolve_shards(spec: str, split: str = "train") -> list[str]:
@@ -275,7 +282,7 @@ def resolve_shards(spec: str, split: str = "train") -> list[str]:
     """
     if not spec:
         raise ValueError("data.shards is empty: give a shard set directory or a glob of shard files")
-    files = shard_files(spec, split) if fileio.isdir(spec) else fileio.glob(spec)
+    files = shard_files(spec, split) if storage.path(spec).is_dir() else storage.glob(spec)
     if not files:
         raise FileNotFoundError(f"data.shards={spec!r}: no {split} shards (neither a shard set directory "
                                 "nor a glob matching files)")
@@ -287,8 +294,8 @@ def verify(directory: str) -> dict:
     manifest = load_manifest(directory)
     for split in manifest["splits"].values():
         for s in split["shards"]:
-            path = fileio.join(directory, s["file"])
-            if not fileio.exists(path):
+            path = storage.path(directory) / s["file"]
+            if not path.exists():
                 raise BuildError(f"{path} is listed in the manifest but missing")
             digest = sha256_file(path)
             if digest != s["sha256"]:

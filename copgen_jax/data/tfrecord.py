@@ -18,7 +18,16 @@ Float lists decode to zero-copy ``float32`` views of the record, which is what
 makes parsing large latent records cheap. Files written here are
 byte-compatible with ``tf.io.TFRecordWriter`` and parse with
 ``tf.io.parse_single_example``; files TensorFlow writes read back here. Paths
-may be URIs (``gs://...``, through ``copgen_jax.fileio``).
+may be URIs (``gs://...``, through ``copgen_jax.storage``).
+
+Why our own and not a library's: Grain's ``TFRecordIterDataset`` (grain 0.2)
+verifies neither checksum and opens local files only; ``tf.data`` and
+``tfds`` would make TensorFlow a training dependency; protobuf's generated
+``Example`` copies every float list into a Python container. This module is the
+one framing and Example codec of the project: ``copgen_jax.data.shards``
+writes every shard set with it (``datasets.build`` locally, on Beam too), and
+``data.input_pipeline`` reads them with it. CRC-32C itself is
+``google-crc32c``'s (hardware, GB/s).
 """
 from __future__ import annotations
 
@@ -29,12 +38,9 @@ from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
 
-from copgen_jax import fileio
+from copgen_jax import storage
 
-try:  # Hardware CRC32C (GB/s); the table-driven fallback below is ~10 MB/s.
-    import google_crc32c as _gcrc
-except ImportError:  # pragma: no cover - exercised only without the package
-    _gcrc = None
+import google_crc32c
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +49,9 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------
 
 
-def _make_table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = _make_table()
-
-
-def _crc32c_python(data: bytes) -> int:
-    crc, table = 0xFFFFFFFF, _TABLE
-    for b in bytes(data):
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
 def crc32c(data) -> int:
     """CRC-32C of ``data`` (bytes-like)."""
-    if _gcrc is not None:
-        return _gcrc.value(bytes(data) if isinstance(data, memoryview) else data)
-    return _crc32c_python(data)
+    return google_crc32c.value(bytes(data) if isinstance(data, memoryview) else data)
 
 
 def masked_crc32c(data) -> int:
@@ -90,8 +74,8 @@ class TFRecordWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self._f: BinaryIO = fileio.open(self.path, "wb")
-        self._local = fileio.is_local(self.path)
+        self._f: BinaryIO = storage.path(self.path).open("wb")
+        self._local = storage.is_local(self.path)
         self.records = 0
 
     def write(self, data: bytes) -> None:
@@ -134,7 +118,7 @@ class TFRecordReader:
         self.path = os.fspath(path)
         self.offset, self.index, self.skipped = offset, index, skipped
         self.on_corrupt = on_corrupt
-        self._f = fileio.open(self.path, "rb")
+        self._f = storage.path(self.path).open("rb")
         self._f.seek(offset)  # on object stores a ranged read: resuming does not re-read the file
         self._done = False
 

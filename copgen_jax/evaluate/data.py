@@ -14,11 +14,10 @@ Footprint records (physical units, georeferencing kept) come from
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
 from typing import Mapping, Sequence
 
 import numpy as np
+import tqdm
 
 from copgen_jax.codecs import LogPower, Reflectance
 from copgen_jax.modalities import CATEGORICAL, IMAGE, Modality, Registry
@@ -101,15 +100,15 @@ def location_key(location: tuple) -> str:
 
 
 class Progress:
-    """One log line per step of long work: done/total, elapsed and remaining time."""
+    """A tqdm bar over long work (done/total, rate, time left), given the count done so far."""
 
     def __init__(self, label: str, total: int):
-        self.label, self.total, self.start = label, total, time.perf_counter()
+        self.bar = tqdm.tqdm(total=total, desc=label, mininterval=1.0)
 
     def __call__(self, done: int):
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (self.total - done) if done else float("nan")
-        logging.info("%s: %d/%d (%.0f s elapsed, ~%.0f s left)", self.label, done, self.total, elapsed, eta)
+        self.bar.update(done - self.bar.n)
+        if done >= self.bar.total:
+            self.bar.close()
 
 
 def generate_batched(model, generate: Sequence[str], conditions: Mapping[str, np.ndarray], batch: int,

@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from copgen_jax import storage
 from copgen_jax.inference import geo
 from copgen_jax.evaluate import metrics
 from copgen_jax.data.footprints import by_location, read_footprints
@@ -101,9 +102,9 @@ def run_task(copgen, registry: Registry, task: str, groups: dict, p, out_dir: st
         return result
     first = chosen[0]
     footprint = geo.Footprint.from_grid(first["crs"], first["transform"], _base_pixels(registry))
-    geo.write_generation(os.path.join(out_dir, "geotiff"), gen, footprint, item=0)
+    geo.write_generation(storage.path(out_dir) / "geotiff", gen, footprint, item=0)
     for i, record in enumerate(chosen):
-        _sheet(gen, record, i, os.path.join(out_dir, f"sheet_{i}.png"))
+        _sheet(gen, record, i, storage.path(out_dir) / f"sheet_{i}.png")
     return result
 
 
@@ -126,22 +127,21 @@ def write_report(cfg, workdir, out) -> dict:
     p = cfg.pipeline
     copgen = CopGen.load(workdir)
     registry = copgen.registry
-    groups = by_location(read_footprints(os.path.join(os.fspath(workdir), "data", "pixels"), registry, "test"))
+    groups = by_location(read_footprints(os.fspath(storage.path(workdir) / "data" / "pixels"), registry, "test"))
     if not groups:
         raise RuntimeError(f"{workdir}/data/pixels has no test split to report on")
     results = {}
     for i, task in enumerate(p.tasks):
         logging.info("report task %d/%d: %s", i + 1, len(p.tasks), task)
-        task_dir = os.path.join(out, f"task_{i}_" + task.replace("->", "_to_").replace("+", "_"))
-        os.makedirs(task_dir, exist_ok=True)
+        task_dir = storage.path(out) / (f"task_{i}_" + task.replace("->", "_to_").replace("+", "_"))
+        task_dir.mkdir(parents=True, exist_ok=True)
         results[task] = run_task(copgen, registry, task, groups, p, task_dir)
     summary = {"tasks": results, "n_samples": p.n_samples, "steps": p.sample_steps, "sampler": p.sampler,
                "test_locations": len(groups)}
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(markdown(summary))
-    with open(os.path.join(out, "metrics.json"), "w") as f:  # last: its presence marks the stage done
-        json.dump(summary, f, indent=2)
+    storage.path(out).mkdir(parents=True, exist_ok=True)
+    storage.write_text(storage.path(out) / "report.md", markdown(summary))
+    # last: its presence marks the stage done
+    storage.write_text(storage.path(out) / "metrics.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from copgen_jax import storage
+
 STOCHASTIC_ROWS = ("recall", "precision", "nn_accuracy", "mmd", "wasserstein", "range_coverage",
                    "intra_generated", "intra_real")
 IMAGE_ROWS = ("mae", "mae_best_of_n", "mae_ensemble_mean", "rmse", "psnr", "psnr_best_of_n", "ssim",
@@ -125,7 +127,8 @@ def plot_stochastic(res: dict, labels: list[str], path: str) -> str:
     ax.set_title(f"per-image band means at {ex['location']}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with storage.local_file(path) as local:
+        fig.savefig(local, dpi=110)
     plt.close(fig)
     return path
 
@@ -142,7 +145,8 @@ def plot_tasks(tasks: dict, labels: list[str], path: str) -> str | None:
         keys = [k for k in ("mae", "mae_best_of_n", "crps", "accuracy", "accuracy_best_of_n", "miou") if k in have]
         _bars(ax, labels, keys, lambda m, k: res["models"][m].get(f"{first}/{k}"), f"{name}\n{first}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with storage.local_file(path) as local:
+        fig.savefig(local, dpi=110)
     plt.close(fig)
     return path
 
@@ -167,7 +171,8 @@ def plot_narrowing(res: dict, labels: list[str], path: str) -> str:
         ax.legend()
     fig.suptitle(f"Generated {' + '.join(res['generated'])} as conditioning grows")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with storage.local_file(path) as local:
+        fig.savefig(local, dpi=110)
     plt.close(fig)
     return path
 
@@ -176,10 +181,10 @@ def write_plots(results: dict, out: str) -> list[str]:
     labels = list(results["models"])
     bench, paths = results["benchmarks"], []
     if "stochastic" in bench and "skipped" not in bench["stochastic"]:
-        paths.append(plot_stochastic(bench["stochastic"], labels, os.path.join(out, "stochastic.png")))
+        paths.append(plot_stochastic(bench["stochastic"], labels, os.fspath(storage.path(out) / "stochastic.png")))
     if "tasks" in bench:
-        p = plot_tasks(bench["tasks"], labels, os.path.join(out, "tasks.png"))
+        p = plot_tasks(bench["tasks"], labels, os.fspath(storage.path(out) / "tasks.png"))
         paths += [p] if p else []
     if "narrowing" in bench and "levels" in bench["narrowing"]:
-        paths.append(plot_narrowing(bench["narrowing"], labels, os.path.join(out, "narrowing.png")))
+        paths.append(plot_narrowing(bench["narrowing"], labels, os.fspath(storage.path(out) / "narrowing.png")))
     return paths

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 
+from copgen_jax import storage
 from copgen_jax.evaluate.benchmarks import TASKS, Settings
 
 __all__ = ["BENCHMARKS", "MODELS", "TASKS", "Settings", "evaluate"]
@@ -76,17 +77,14 @@ class _Models:
 
 
 def _cached(path, key, compute):
-    if os.path.exists(path):
-        with open(path) as f:
-            part = json.load(f)
+    if storage.path(path).exists():
+        part = storage.read_json(path)
         if part.get("key") == key:
             logging.info("reusing %s", path)
             return part["result"]
     result = _clean(compute())
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"key": key, "result": result}, f)
-    os.replace(path + ".tmp", path)
+    storage.path(path).parent.mkdir(parents=True, exist_ok=True)
+    storage.write_text(path, json.dumps({"key": key, "result": result}))
     return result
 
 
@@ -104,15 +102,15 @@ def evaluate(workdir, benchmarks=BENCHMARKS, models=MODELS, settings=None, out=N
     from copgen_jax.modalities import registry_from_config
     workdir = os.fspath(workdir)
     settings = settings or Settings()
-    out = out or os.path.join(workdir, "eval")
+    out = os.fspath(out or storage.path(workdir) / "eval")
     for what, given, known in (("benchmark", benchmarks, BENCHMARKS), ("model", models, MODELS),
                                ("task", tasks or (), tuple(TASKS))):
         unknown = sorted(set(given) - set(known))
         if unknown:
             raise ValueError(f"unknown {what} {unknown}: choose from {', '.join(known)}")
     registry = registry_from_config(checkpoint.load_config(workdir))
-    pixels = os.fspath(pixels or os.path.join(workdir, "data", "pixels"))
-    if not os.path.exists(os.path.join(pixels, "manifest.json")):
+    pixels = os.fspath(pixels or storage.path(workdir) / "data" / "pixels")
+    if not (storage.path(pixels) / "manifest.json").exists():
         raise FileNotFoundError(f"{pixels}: no pixel shard set (manifest.json); build one with `python -m "
                                 f"copgen_jax.datasets.build --out={pixels} ...` using the run's config")
     groups = by_location(read_footprints(pixels, registry, split))
@@ -128,19 +126,17 @@ def evaluate(workdir, benchmarks=BENCHMARKS, models=MODELS, settings=None, out=N
     for bench in benchmarks:
         parts = []
         for label in models:
-            key = {"settings": results["settings"], "pixels": os.path.abspath(pixels), "split": split,
+            key = {"settings": results["settings"], "pixels": os.fspath(storage.absolute(pixels)), "split": split,
                    "step": steps[label], "registry": list(registry.names), "tasks": sorted(tasks) if tasks else None}
-            parts.append(_cached(os.path.join(out, "parts", f"{bench}.{label}.json"), key,
+            parts.append(_cached(storage.path(out) / "parts" / f"{bench}.{label}.json", key,
                                  lambda: fns[bench]({label: loaded[label]}, registry, groups, settings)))
         merged = parts[0]
         for p in parts[1:]:
             merged = _merge(merged, p)
         results["benchmarks"][bench] = merged
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, REPORT), "w") as f:
-        f.write(report.markdown(results))
-    results["plots"] = [os.path.basename(p) for p in report.write_plots(results, out)]
-    with open(os.path.join(out, RESULTS), "w") as f:
-        json.dump(_clean(results), f, indent=1)
+    storage.path(out).mkdir(parents=True, exist_ok=True)
+    storage.write_text(storage.path(out) / REPORT, report.markdown(results))
+    results["plots"] = [storage.path(p).name for p in report.write_plots(results, out)]
+    storage.write_text(storage.path(out) / RESULTS, json.dumps(_clean(results), indent=1))
     logging.info("wrote %s, %s and %s to %s", RESULTS, REPORT, ", ".join(results["plots"]) or "no plots", out)
     return results

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from copgen_jax import storage
 from copgen_jax.evaluate import metrics
 from copgen_jax.codecs import LogPower, Reflectance
 from copgen_jax.modalities import CATEGORICAL, Modality
@@ -133,7 +134,7 @@ def evaluate_tokenizer(tok: Tokenizer, pixel_dir: str, *, split: str = "test", b
             scores.setdefault(method, _Scores(m)).add(evaluation_units(m, np.asarray(y)[:n]), target)
     if not scores:
         raise ValueError(f"{pixel_dir}: no {split} examples hold {m.name}; evaluate on a split that has them")
-    return {"modality": m.name, "run": os.path.abspath(tok.run_dir), "step": tok.step, "split": split,
+    return {"modality": m.name, "run": os.fspath(storage.absolute(tok.run_dir)), "step": tok.step, "split": split,
             "units": _units(m), "baseline_sides": baseline_sides(tok), "latent_shape": list(m.latent_shape),
             "pixel_shape": list(m.pixel_shape), "results": {k: s.result() for k, s in scores.items()}}
 
@@ -162,9 +163,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     report = evaluate_tokenizer(load_tokenizer(args.tokenizer), args.pixels, split=args.split,
                                 batch_size=args.batch_size, max_batches=args.max_batches)
-    out = args.out or os.path.join(args.tokenizer, f"eval_{args.split}.json")
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
+    out = args.out or storage.path(args.tokenizer) / f"eval_{args.split}.json"
+    storage.write_text(out, json.dumps(report, indent=1))
     key = "accuracy" if _is_categorical(report) else "psnr"
     print(json.dumps({"out": out, key: {method: r[key] for method, r in report["results"].items()}}))
     return 0

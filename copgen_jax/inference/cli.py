@@ -17,10 +17,11 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
+import tqdm
 
+from copgen_jax import storage
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="copgen-sample", description=__doc__.split("\n\n")[0])
@@ -64,7 +65,7 @@ def build_conditions(args, registry) -> dict:
     for name, path in conditions.items():
         if registry[name].is_scalar:
             raise ValueError(f"--condition {name}: scalar modalities take --lat/--lon or --date, not a file")
-        if not os.path.exists(path):
+        if not storage.path(path).exists():
             raise FileNotFoundError(f"--condition {name}={path}: file not found")
     if (args.lat is None) != (args.lon is None):
         raise ValueError("give --lat and --lon together")
@@ -81,19 +82,21 @@ def build_conditions(args, registry) -> dict:
 
 
 class Progress:
-    """One status line on stderr, rewritten in place."""
+    """A tqdm bar on stderr per sampling stage."""
 
     def __init__(self, stream=None):
-        self.stream, self.start = stream, time.time()
+        self.stream, self.stage, self.bar = stream, None, None
 
     def __call__(self, stage, done, total):
-        stream = self.stream or sys.stderr
-        width = 30
-        bar = "#" * int(width * done / max(total, 1))
-        stream.write(f"\r{stage:<40.40} [{bar:<{width}}] {done}/{total} {time.time() - self.start:6.1f}s")
+        if stage != self.stage or self.bar is None:
+            if self.bar is not None:
+                self.bar.close()
+            self.stage = stage
+            self.bar = tqdm.tqdm(total=total, desc=stage, file=self.stream or sys.stderr, unit="step")
+        self.bar.update(done - self.bar.n)
         if done >= total:
-            stream.write("\n")
-        stream.flush()
+            self.bar.close()
+            self.bar = None
 
 
 def run(args) -> dict:
@@ -126,13 +129,12 @@ def run(args) -> dict:
         side = registry.spatial[0].size * registry.spatial[0].gsd
         footprint = geo.Footprint.centred_on(args.lat, args.lon, side)
     files = geo.write_generation(args.out, gen, footprint)
-    files.append(visualize.sheet(gen, os.path.join(args.out, "sheet.png")))
+    files.append(visualize.sheet(gen, storage.path(args.out) / "sheet.png"))
     summary = {"workdir": os.fspath(args.workdir), "seed": args.seed, "crs": str(footprint.crs),
                "footprint_corner": list(footprint.corner), "footprint_side_m": footprint.side,
                **{k: v for k, v in gen.settings.items() if k != "units"}, "units": units,
-               "scalars": _scalars(gen, LatLon), "files": [os.path.relpath(f, args.out) for f in files]}
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=str)
+               "scalars": _scalars(gen, LatLon), "files": [os.fspath(storage.path(f).relative_to(storage.path(args.out))) for f in files]}
+    storage.write_text(storage.path(args.out) / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 
 

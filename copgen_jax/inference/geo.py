@@ -15,6 +15,7 @@ about holes that are not in the ground truth. ``nodata="error"`` refuses them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -27,6 +28,7 @@ from rasterio.crs import CRS
 from rasterio.warp import transform as warp_transform
 
 from copgen_jax.modalities import CATEGORICAL, Modality, ModalityError, Registry
+from copgen_jax import storage
 
 log = logging.getLogger(__name__)
 NODATA_MODES = ("fill", "error")
@@ -155,9 +157,9 @@ def read_condition(path, m: Modality, nodata: str = "fill") -> Raster:
         raise ModalityError(f"{m.name} is a scalar modality: give its value, not a raster ({path})")
     if nodata not in NODATA_MODES:
         raise ValueError(f"nodata={nodata!r}: choose one of {NODATA_MODES}")
-    if not os.path.exists(path):
+    if not storage.path(path).exists():
         raise FileNotFoundError(f"condition {m.name}: {path} does not exist")
-    with rasterio.open(path) as src:
+    with _open_raster(path) as src:
         order = _band_order(src, m, path)
         _check_grid(src, m, path)
         data = src.read(order).astype(np.float64)
@@ -185,13 +187,23 @@ def write_raster(path, data: np.ndarray, m: Modality, footprint: Footprint | Non
                    compress="deflate")
     if footprint is not None:
         profile.update(crs=footprint.crs, transform=footprint.unit @ Affine.scale(1.0 / data.shape[-1]))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with rasterio.open(path, "w", **profile) as dst:
+    with storage.local_file(path) as local, rasterio.open(local, "w", **profile) as dst:
         dst.write(data.astype(dtype))
         for i, d in enumerate(descriptions or m.bands[: data.shape[0]], start=1):
             dst.set_band_description(i, d)
         dst.update_tags(modality=m.name, **(tags or {}))
     return path
+
+
+@contextlib.contextmanager
+def _open_raster(path: str):
+    """rasterio's dataset of a local file, or of a URI's bytes read through ``storage``."""
+    if storage.is_local(path):
+        with rasterio.open(path) as src:
+            yield src
+    else:
+        with rasterio.MemoryFile(storage.path(path).read_bytes()) as mem, mem.open() as src:
+            yield src
 
 
 def write_generation(out_dir, generation, footprint: Footprint | None, item: int = 0) -> list[str]:
@@ -206,9 +218,9 @@ def write_generation(out_dir, generation, footprint: Footprint | None, item: int
         m = reg[name]
         if m.is_scalar:
             continue
-        folder = os.path.join(os.fspath(out_dir), name)
+        folder = storage.path(out_dir) / name
         for j, sample in enumerate(samples[item]):
-            written.append(write_raster(os.path.join(folder, f"sample_{j:03d}.tif"), sample, m, footprint,
+            written.append(write_raster(folder / f"sample_{j:03d}.tif", sample, m, footprint,
                                         tags={"sample": str(j), "seed": str(generation.seed)}))
         for stat, value in generation.stats.get(name, {}).items():
             value = np.asarray(value[item])
@@ -216,7 +228,7 @@ def write_generation(out_dir, generation, footprint: Footprint | None, item: int
                 continue
             desc = (m.bands if value.shape[0] == len(m.bands) else
                     m.codec.class_names if value.shape[0] == m.num_classes else (stat,) * value.shape[0])
-            written.append(write_raster(os.path.join(folder, f"{stat}.tif"), value, m, footprint,
+            written.append(write_raster(folder / f"{stat}.tif", value, m, footprint,
                                         descriptions=desc, tags={"statistic": stat}))
     return written
 
@@ -232,5 +244,5 @@ def write_record(record: dict, registry: Registry, out_dir, names=None) -> dict[
     """A footprint record's spatial modalities as condition GeoTIFFs: name -> path."""
     footprint = record_footprint(record, registry)
     names = [n for n in (names or record["pixels"]) if not registry[n].is_scalar]
-    return {n: write_raster(os.path.join(os.fspath(out_dir), f"{n}.tif"), record["pixels"][n], registry[n], footprint)
+    return {n: write_raster(storage.path(out_dir) / f"{n}.tif", record["pixels"][n], registry[n], footprint)
             for n in names}

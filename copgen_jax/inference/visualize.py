@@ -23,6 +23,7 @@ from matplotlib import colormaps, colors as mcolors
 from matplotlib.figure import Figure
 
 from copgen_jax.codecs import Date, Elevation, LatLon, LogPower, Reflectance
+from copgen_jax import storage
 from copgen_jax.modalities import CATEGORICAL, Modality
 
 
@@ -171,8 +172,8 @@ def sheet(generation, path, item: int = 0, max_samples: int = 4, truth: dict | N
     if lines:
         fig.suptitle("\n".join(lines), fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with storage.local_file(path) as local:  # makes the local folder
+        fig.savefig(local, dpi=100)
     return os.fspath(path)
 
 

@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 from copgen_jax import checkpoint
+from copgen_jax import storage
 from copgen_jax.data import input_pipeline
 from copgen_jax.data import shards
 from copgen_jax.modalities import Registry, registry_from_config
@@ -41,13 +42,13 @@ TOKENIZERS_FILE = "tokenizers.json"
 
 def load_tokenizers(tokenizers_dir: str, names) -> dict[str, Tokenizer]:
     """The tokenizer of each modality in ``names`` from ``<tokenizers_dir>/<name>/``."""
-    missing = [n for n in names if not os.path.exists(os.path.join(tokenizers_dir, n, "config.json"))]
+    missing = [n for n in names if not (storage.path(tokenizers_dir) / n / "config.json").exists()]
     if missing:
         raise FileNotFoundError(
             f"{tokenizers_dir}: no tokenizer run for {', '.join(missing)}; train one per modality with "
             f"`python -m copgen_jax.main --config=configs/tokenizer.py --config.tokenizer.modality=NAME "
             f"--workdir={tokenizers_dir}/NAME`")
-    toks = {n: load_tokenizer(os.path.join(tokenizers_dir, n)) for n in names}
+    toks = {n: load_tokenizer(os.fspath(storage.path(tokenizers_dir) / n)) for n in names}
     for name, tok in toks.items():
         if tok.modality.name != name:
             raise ValueError(f"{tok.run_dir} trains {tok.modality.name}, not {name}: move it to "
@@ -57,10 +58,10 @@ def load_tokenizers(tokenizers_dir: str, names) -> dict[str, Tokenizer]:
 
 def encoding_registry(tokenizers_dir: str, pixel_manifest: dict, pixel_dir: str) -> Registry:
     """The pixel set's modalities, as the tokenizers' configs define them, checked against its manifest."""
-    runs = sorted(d for d in os.listdir(tokenizers_dir) if os.path.exists(os.path.join(tokenizers_dir, d, "config.json")))
+    runs = sorted(d.name for d in storage.path(tokenizers_dir).iterdir() if (d / "config.json").exists())
     if not runs:
         raise FileNotFoundError(f"{tokenizers_dir}: no tokenizer runs (<dir>/<modality>/config.json) found")
-    source = registry_from_config(checkpoint.load_config(os.path.join(tokenizers_dir, runs[0])))
+    source = registry_from_config(checkpoint.load_config(storage.path(tokenizers_dir) / runs[0]))
     names = sorted(pixel_manifest["registry"])
     unknown = [n for n in names if n not in source]
     if unknown:
@@ -124,18 +125,17 @@ def make_encoder(toks: dict[str, Tokenizer], batch_size: int):
 
 def _pin_tokenizers(out_dir: str, toks: dict[str, Tokenizer]) -> dict:
     """Record the tokenizers behind ``out_dir``; refuse to resume with others."""
-    pinned = {n: {"run": os.path.abspath(t.run_dir), "step": t.step, "scale_factor": t.scale_factor}
+    pinned = {n: {"run": os.fspath(storage.absolute(t.run_dir)), "step": t.step, "scale_factor": t.scale_factor}
               for n, t in sorted(toks.items())}
-    path = os.path.join(out_dir, TOKENIZERS_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+    path = storage.path(out_dir) / TOKENIZERS_FILE
+    if path.exists():
+        old = storage.read_json(path)
         if old != pinned:
             raise shards.BuildError(
                 f"{out_dir} was encoded with other tokenizers ({path}); resume with the same runs and "
                 "checkpoints, or encode into a fresh --out directory")
     else:
-        os.makedirs(out_dir, exist_ok=True)
+        storage.path(out_dir).mkdir(parents=True, exist_ok=True)
         shards.write_json(path, pinned)
     return pinned
 
@@ -150,7 +150,7 @@ def encode_shards(tokenizers_dir: str, pixel_dir: str, out_dir: str, *, batch_si
     factors = ensure_scale_factors(toks, pixel_dir, batches=scale_batches, batch_size=batch_size)
     reg = Registry(dataclasses.replace(m, scale_factor=factors.get(m.name, m.scale_factor)) for m in reg)
     pinned = _pin_tokenizers(out_dir, toks)
-    source = {"pixels": os.path.abspath(pixel_dir), "tokenizers": pinned}
+    source = {"pixels": os.fspath(storage.absolute(pixel_dir)), "tokenizers": pinned}
     return input_pipeline.write_latent_shards(out_dir, reg, pixel_dir, make_encoder(toks, batch_size),
                                     batch_size=batch_size, progress=progress, source=source)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
@@ -37,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from copgen_jax import checkpoint
+from copgen_jax import storage
 from copgen_jax.models.tokenizer import (AutoencoderKL, TokenizerWithDisc, sample_latent, tokenizer_model_from_config,
                                          tokenizer_modality)
 from copgen_jax.modalities import Modality
@@ -200,16 +200,9 @@ def compute_scale_factor(tok: Tokenizer, batches: Iterable[np.ndarray], seed: in
 
 
 def write_scale_factor(run_dir, info: dict) -> None:
-    path = os.path.join(os.fspath(run_dir), SCALE_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    storage.write_json(storage.path(run_dir) / SCALE_FILE, info)
 
 
 def read_scale_factor(run_dir) -> dict | None:
-    path = os.path.join(os.fspath(run_dir), SCALE_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    path = storage.path(run_dir) / SCALE_FILE
+    return storage.read_json(path) if path.exists() else None

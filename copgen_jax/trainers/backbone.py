@@ -91,10 +91,10 @@ def latent_shards(spec: str, registry: Registry, split: str = "train"):
     A directory's manifest records the factor each modality was encoded with
     (for trained tokenizers 1 / std of their own latents); latents are scaled by it.
     """
-    from copgen_jax import fileio
+    from copgen_jax import storage
     from copgen_jax.data import shards
     files = shards.resolve_shards(spec, split)
-    if fileio.isdir(spec):
+    if storage.path(spec).is_dir():
         recorded = shards.load_manifest(spec).get("registry", {})
         registry = Registry(dataclasses.replace(m, scale_factor=recorded.get(m.name, {}).get("scale_factor")
                                                 or m.scale_factor) for m in registry)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from copgen_jax import checkpoint, draws
+from copgen_jax import checkpoint, draws, storage
 from copgen_jax.trainers.backbone import BackboneTask
 from copgen_jax.diffusion.schedule import diffusion_loss
 from copgen_jax.defaults import baseline_defaults
@@ -79,7 +79,7 @@ class BaselineTask(BackboneTask):
 
 # -- the run ---------------------------------------------------------------------------------
 def baseline_dir(workdir) -> str:
-    return os.path.join(os.fspath(workdir), BASELINE_DIR)
+    return os.fspath(storage.path(workdir) / BASELINE_DIR)
 
 
 def baseline_config(workdir, steps: int) -> ml_collections.ConfigDict:
@@ -95,9 +95,9 @@ def baseline_config(workdir, steps: int) -> ml_collections.ConfigDict:
     if own:
         cfg.baseline.update(own)
     cfg.diffusion.modality_dropout = cfg.baseline.condition_dropout  # sampling then drops absent modalities
-    latents = os.path.join(os.fspath(workdir), "data", "latents")
-    if cfg.data.source == "shards" and os.path.exists(os.path.join(latents, "manifest.json")):
-        cfg.data.shards = os.path.abspath(latents)
+    latents = storage.path(workdir) / "data" / "latents"
+    if cfg.data.source == "shards" and (latents / "manifest.json").exists():
+        cfg.data.shards = os.fspath(storage.absolute(latents))
     cfg.train.steps = steps
     cfg.train.checkpoint_every = min(cfg.train.checkpoint_every, steps)
     cfg.train.log_every = min(cfg.train.log_every, steps)
@@ -119,4 +119,4 @@ def train_baseline(workdir, steps: int | None = None) -> str:
 
 
 def is_baseline_run(path) -> bool:
-    return os.path.exists(os.path.join(path, "config.json")) and checkpoint.load_config(path).get("task") == "baseline"
+    return (storage.path(path) / "config.json").exists() and checkpoint.load_config(path).get("task") == "baseline"

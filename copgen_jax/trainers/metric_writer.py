@@ -1,20 +1,24 @@
 """Training metrics to stdout and TensorBoard event files (process 0 writes).
 
 The workdir may be a URI (``gs://...``): event files are then written through
-``copgen_jax.fileio`` (fsspec), each rewritten whole at every flush, because
+``copgen_jax.storage`` (epath), each rewritten whole at every flush, because
 object stores cannot append (metrics files are small; flushes are per log step).
+tensorboardX's own ``gs://`` writer does the same, but through
+``google-cloud-storage`` and its credentials, not through epath and ``gcsfs``
+as every other file of a run.
 """
 from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
 
 import jax
 import numpy as np
 
-from copgen_jax import fileio
+from copgen_jax import storage
 
 
 class MetricLogger:
@@ -22,7 +26,7 @@ class MetricLogger:
         self.global_batch = global_batch
         self.writer = None
         if jax.process_index() == 0:
-            self.writer = summary_writer(fileio.join(workdir, "tensorboard"))
+            self.writer = summary_writer(os.fspath(storage.path(workdir) / "tensorboard"))
         self._last = (None, time.perf_counter())
 
     def write(self, step: int, metrics: dict) -> dict:
@@ -71,11 +75,11 @@ def _flatten(tree, prefix=""):
 def summary_writer(logdir: str):
     """A tensorboardX ``SummaryWriter`` for a local directory or a URI."""
     from tensorboardX import SummaryWriter, record_writer
-    if not fileio.is_local(logdir):
-        fileio.filesystem(logdir)  # a missing filesystem package fails here, naming it
+    if not storage.is_local(logdir):
+        storage.path(logdir).exists()  # a missing filesystem package fails here, naming it
         # tensorboardX picks the writer by scheme; ours replaces its own gs/s3 ones so
         # every remote file goes through one layer (and one dependency: gcsfs).
-        record_writer.register_writer_factory(fileio.scheme(logdir), _RemoteEvents())
+        record_writer.register_writer_factory(storage.scheme(logdir), _RemoteEvents())
     return SummaryWriter(logdir)
 
 
@@ -86,14 +90,14 @@ class _RemoteEvents:
         return _RemoteEventFile(path)
 
     def directory_check(self, path):
-        fileio.makedirs(path)
+        storage.path(path).mkdir(parents=True, exist_ok=True)
 
 
 class _RemoteEventFile:
     """An event file on a URI, buffered and uploaded whole at each flush."""
 
     def __init__(self, path):
-        self.path, self._buffer, self._lock = path, io.BytesIO(), threading.Lock()
+        self.path, self._buffer, self._lock, self._closed = path, io.BytesIO(), threading.Lock(), False
 
     def write(self, data):
         with self._lock:
@@ -101,7 +105,9 @@ class _RemoteEventFile:
 
     def flush(self):  # called by tensorboardX's writer thread and by SummaryWriter.flush
         with self._lock:
-            fileio.filesystem(self.path).pipe_file(self.path, self._buffer.getvalue())
+            if not self._closed:
+                storage.path(self.path).write_bytes(self._buffer.getvalue())
 
-    def close(self):
+    def close(self):  # tensorboardX's exit hook may close again, after the run's own close
         self.flush()
+        self._closed = True

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from copgen_jax import checkpoint, parallel
+from copgen_jax import storage
 from copgen_jax.modalities import registry_from_config
 
 
@@ -70,7 +71,7 @@ def make_tokenizer(run_dir: str, cfg, steps: int, scale_factor: bool = True) -> 
             train(cfg, run_dir, task)
         else:
             export_tokenizer(run_dir, cfg, host_initialised(lambda: task.create_model(nnx.Rngs(0)), cfg.seed))
-    if scale_factor and not os.path.exists(os.path.join(run_dir, "scale_factor.json")):
+    if scale_factor and not (storage.path(run_dir) / "scale_factor.json").exists():
         tok = load_tokenizer(run_dir, registry=task.registry)
         it = task.make_iterator(0, 1, cfg.seed)
         batches = (next(it)["pixels"] for _ in range(cfg.tokenizer.get("scale_factor_batches", 2)))
@@ -91,5 +92,5 @@ def make_run(workdir, backbone_cfg, tokenizer_cfg, *, tokenizer_steps: int = 0, 
         train(backbone_cfg, workdir, BackboneTask(backbone_cfg), mesh=mesh)
     for m in registry_from_config(backbone_cfg).spatial:
         cfg = tokenizer_run_config(backbone_cfg, tokenizer_cfg, m.name, tokenizer_steps)
-        make_tokenizer(os.path.join(workdir, "tokenizers", m.name), cfg, tokenizer_steps, scale_factors)
+        make_tokenizer(os.fspath(storage.path(workdir) / "tokenizers" / m.name), cfg, tokenizer_steps, scale_factors)
     return workdir

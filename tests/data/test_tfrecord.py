@@ -62,8 +62,7 @@ def test_crc32c_known_values():
     # RFC 3720 test vectors.
     assert tfr.crc32c(b"123456789") == 0xE3069283
     assert tfr.crc32c(bytes(32)) == 0x8A9136AA
-    assert tfr._crc32c_python(b"123456789") == 0xE3069283
-    assert tfr._crc32c_python(bytes(range(32))) == tfr.crc32c(bytes(range(32)))
+    assert tfr.crc32c(memoryview(b"123456789")) == 0xE3069283
 
 
 def test_example_round_trip_and_wire_compatibility():
