@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Render launch/slurm_gpu.sbatch for a multi-node GPU run of copgen_jax and submit it.
 
-  python launch/slurm.py --nodes 2 --gpus-per-node 8 --config configs/base.py \\
+  python launch/slurm.py --nodes 2 --gpus-per-node 8 --config configs/gpu_h100.py \\
       --workdir /shared/runs/x [--config.section.key=value ...] [--dry-run]
 
 The rendered script records the resources, the repository path and the job's
