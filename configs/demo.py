@@ -49,26 +49,22 @@ def get_config():
     c.train.checkpoint_every = 500
     c.data.shuffle_buffer = 512
 
-    c.pipeline = ml_collections.ConfigDict()
     p = c.pipeline
     # Many places, one footprint and one date each: how land cover follows terrain and climate
     # is learnt across places, and held-out places are new climates. From the DEM latent and the
     # location, an MLP predicts the held-out land-cover latent with R² 0.27 here, -0.50 with 64
     # cells of 2 x 2 footprints on 4 dates (as many records, learnt by heart). The held-out 5%
     # are seen on 4 dates each, for the stochastic benchmark's real spread.
-    p.cells, p.observations, p.footprints_per_side, p.world_seed = 1024, 1, 1, 0
+    p.cells = 1024  # one footprint (pipeline.footprints_per_side) and one date (observations) each
     p.test_fraction, p.test_observations = 0.05, 4
     p.cells_per_shard = 16
     p.data_workers = 2  # processes writing the world and its shards
-    p.encode_batch = 32
-    p.tokenizer = ml_collections.ConfigDict()
     p.tokenizer.model = ml_collections.ConfigDict(dict(
         ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, norm_groups=4, disc_layers=0, scale_factor_batches=16,
         center_latents=True))  # zero-mean latent channels (docs/ARCHITECTURE.md)
     p.tokenizer.optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=50, ema_rate=0.99, b1=0.9, b2=0.99))
     p.tokenizer.train = ml_collections.ConfigDict(dict(global_batch=8, steps=500, log_every=100,
                                                        checkpoint_every=300, async_checkpoint=False))
-    p.tokenizer.shuffle_buffer = 64
     # 16 px DEM: grouped norms let its latent collapse in short runs (one channel per group
     # does not); the 48 px modalities need grouped norms to keep their brightness. log1p leaves
     # a footprint's hills a few thousandths of the DEM's unit range, so its tokenizer needs
@@ -84,9 +80,6 @@ def get_config():
                "S2L2A_B02_B03_B04_B08->S1RTC_vh_vv",
                "3d_cartesian_lat_lon+DEM_DEM->LULC_LULC",
                "S2L2A_B02_B03_B04_B08->LULC_LULC+DEM_DEM")
-    p.footprints = 4  # held-out footprints per task
-    p.n_samples = 8
-    p.sampler, p.sample_steps = "dpm++", 20  # matches DDIM at 50 on these tasks (benchmarks/solvers.py)
     # Classifier-free guidance of the report's samples: on all 52 held-out places, w = 2 raises
     # land-cover accuracy given location + DEM from 0.34 to 0.36 (0.25 ignoring both), given S2
     # from 0.34 to 0.41, and S2 -> DEM CRPS falls 5%; S2's CRPS moves by under 1%, S1's rises 4%

@@ -17,7 +17,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from copgen_jax import fileio
+from copgen_jax import defaults, fileio
 
 ARRAY_ITEMS = ("params", "ema_params", "opt_state")
 
@@ -92,7 +92,7 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     path = fileio.join(workdir, "config.json")
     if not fileio.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir} a copgen_jax run directory?")
-    return ml_collections.ConfigDict(_tuples(json.loads(fileio.read_text(path))))
+    return defaults.with_defaults(_tuples(json.loads(fileio.read_text(path))))
 
 
 def _tuples(obj):

@@ -73,7 +73,7 @@ class Schedule:
 
 def schedule_from_config(cfg) -> Schedule:
     d = cfg.diffusion
-    return Schedule(d.num_steps, d.beta_start, d.beta_end, d.get("prediction", "eps"))
+    return Schedule(d.num_steps, d.beta_start, d.beta_end, d.prediction)
 
 
 def sample_timesteps(rng, batch: int, names, num_steps: int) -> dict[str, jax.Array]:

@@ -89,9 +89,9 @@ def ensure_scale_factors(toks: dict[str, Tokenizer], pixel_dir: str, *, batches:
     out = {}
     for name, tok in toks.items():
         if tok.scale_factor is None:
-            n = batches or tok.cfg.tokenizer.get("scale_factor_batches", 64)
+            n = batches or tok.cfg.tokenizer.scale_factor_batches
             info = compute_scale_factor(tok, pixel_batches(pixel_dir, tok.modality, batch_size, "train", n),
-                                        seed=tok.cfg.get("seed", 0))
+                                        seed=tok.cfg.seed)
             write_scale_factor(tok.run_dir, info)
             apply_scale_info(tok, info)
             logging.info("%s: scale factor %.6f from %d examples", name, tok.scale_factor, info["examples"])

@@ -133,8 +133,8 @@ def load_tokenizer(run_dir, step: int | None = None, registry=None) -> Tokenizer
     """The EMA autoencoder of a tokenizer run (newest checkpoint unless ``step``)."""
     run_dir = os.fspath(run_dir)
     cfg = checkpoint.load_config(run_dir)
-    if cfg.get("task") != "tokenizer" or not cfg.get("tokenizer"):
-        raise ValueError(f"{run_dir}/config.json is not a tokenizer run (task={cfg.get('task')!r})")
+    if cfg.task != "tokenizer":
+        raise ValueError(f"{run_dir}/config.json is not a tokenizer run (task={cfg.task!r})")
     modality = tokenizer_modality(cfg, registry)
     with nnx.use_eager_sharding(False):  # shapes only: the weights come from the checkpoint
         create = lambda: tokenizer_model_from_config(cfg.tokenizer, modality, nnx.Rngs(0))  # noqa: E731
@@ -176,7 +176,7 @@ def compute_scale_factor(tok: Tokenizer, batches: Iterable[np.ndarray], seed: in
     was batched beyond the random draws.
     """
     if center is None:
-        center = bool(tok.cfg.tokenizer.get("center_latents", False))
+        center = bool(tok.cfg.tokenizer.center_latents)
     sums = _bound(tok.autoencoder, _moment_sums)
     total = total_sq = 0.0
     per_channel = examples = 0

@@ -272,4 +272,4 @@ def backbone_from_config(cfg, registry: Registry, rngs: nnx.Rngs) -> UViT:
     mc = cfg.model
     return UViT(registry, hidden=mc.hidden, depth=mc.depth, heads=mc.heads, mlp_ratio=mc.mlp_ratio,
                 rngs=rngs, dtype=jnp.dtype(mc.dtype), attention_dtype=jnp.dtype(mc.attention_dtype),
-                remat=mc.remat, pos_init=mc.get("pos_init", "random"), ground_bias=mc.get("ground_bias", 0.0))
+                remat=mc.remat, pos_init=mc.pos_init, ground_bias=mc.ground_bias)

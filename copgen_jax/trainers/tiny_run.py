@@ -73,7 +73,7 @@ def make_tokenizer(run_dir: str, cfg, steps: int, scale_factor: bool = True) -> 
     if scale_factor and not os.path.exists(os.path.join(run_dir, "scale_factor.json")):
         tok = load_tokenizer(run_dir, registry=task.registry)
         it = task.make_iterator(0, 1, cfg.seed)
-        batches = (next(it)["pixels"] for _ in range(cfg.tokenizer.get("scale_factor_batches", 2)))
+        batches = (next(it)["pixels"] for _ in range(cfg.tokenizer.scale_factor_batches))
         write_scale_factor(run_dir, compute_scale_factor(tok, batches, seed=cfg.seed))
 
 
