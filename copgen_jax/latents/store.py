@@ -13,13 +13,12 @@ A tokenizer run directory (one per modality, conventionally
 Loading takes the EMA weights of the newest checkpoint (what the release ships);
 a scale factor recorded for another step is ignored (and so recomputed by encoding).
 
-Centred latents: a KL autoencoder's channels keep means far from 0 (the demo's S2
-latent has -1.3 in one channel, with a spread of 1.0). A diffusion model's x0 guess
-at high noise shrinks towards 0, and every sampler step inherits that pull, so short
-runs' samples drift off the data's mean (the demo's S2 samples came out as white
-glare). With a recorded ``shift`` the loaded tokenizer encodes ``z - shift`` and
-decodes it as it decoded ``z``: the shift folds exactly into the biases of the two
-1x1 convolutions around the latent, so nothing downstream knows about it.
+Centred latents: a KL autoencoder's channels keep means far from 0, while a diffusion
+model's x0 guess at high noise shrinks towards 0 and every sampler step inherits that
+pull, so short runs' samples drift off the data's mean (docs/experiments.md). With a
+recorded ``shift`` the loaded tokenizer encodes ``z - shift`` and decodes it as it
+decoded ``z``: the shift folds exactly into the biases of the two 1x1 convolutions
+around the latent, so nothing downstream knows about it.
 """
 from __future__ import annotations
 
