@@ -35,7 +35,7 @@ def get_config():
     c.optim.lr = 2e-3
     c.optim.b1 = 0.9
     c.optim.warmup_steps = 200
-    c.optim.schedule, c.optim.end_lr, c.optim.decay_steps = "polynomial", 2e-5, 0  # 0: to the last step
+    c.optim.schedule, c.optim.end_lr = "polynomial", 2e-5  # reached at the last step (optim.decay_steps 0)
     c.optim.ema_rate = 0.998
     c.diffusion.modality_dropout = 0.2  # trains every subset as a condition; absent modalities drop out
     c.diffusion.condition_rate = 0.3  # clean conditions at timestep 0, as sampling feeds them
@@ -66,7 +66,7 @@ def get_config():
     # capacity: a longer run (cheap at 16 px) with the rate decayed.
     p.tokenizer.per_modality = ml_collections.ConfigDict({"DEM_DEM": {
         "model": {"norm_groups": 16, "ch_mult": (1, 2)},
-        "optim": {"schedule": "polynomial", "end_lr": 1e-5, "decay_steps": 0},
+        "optim": {"schedule": "polynomial", "end_lr": 1e-5},
         "train": {"steps": 3600, "checkpoint_every": 900}}})
     # any-to-any tasks sampled on held-out footprints: "given+given->generated+generated"
     p.tasks = ("DEM_DEM+LULC_LULC->S2L2A_B02_B03_B04_B08",

@@ -30,7 +30,6 @@ def get_config():
     c.optim.ema_rate = 0.99
     c.train.global_batch = 8
     c.train.steps = 800
-    c.train.log_every = 100
     c.train.checkpoint_every = 200
     c.data.source = "shards"
     c.data.shuffle_buffer = 64

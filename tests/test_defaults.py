@@ -50,6 +50,52 @@ def test_the_entry_point_refuses_an_unknown_key(tmp_path):
     assert out.returncode != 0 and "optim.warmup" in out.stderr
 
 
+def _path(node, aliases):
+    """``c.model.hidden`` -> ["model", "hidden"] when ``c`` is the config (or an alias of a section)."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.insert(0, node.attr)
+        node = node.value
+    return aliases[node.id] + parts if isinstance(node, ast.Name) and node.id in aliases else None
+
+
+def restated_defaults(source: str) -> list[str]:
+    """Assignments in a config file of a literal equal to the default at that key."""
+    ref, found = defaults.default_config().to_dict(), []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        aliases = {"c": []}
+        for node in ast.walk(fn):
+            if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+                continue
+            target, value = node.targets[0], node.value
+            if isinstance(target, ast.Name) and _path(value, aliases) is not None:
+                aliases[target.id] = _path(value, aliases)
+                continue
+            pairs = (zip(target.elts, value.elts) if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple)
+                     else [(target, value)])
+            for t, v in pairs:
+                path = _path(t, aliases)
+                try:
+                    literal = ast.literal_eval(v)
+                except ValueError:
+                    continue
+                default = ref
+                for key in path or ["<none>"]:
+                    default = default.get(key, KeyError) if isinstance(default, dict) else KeyError
+                if default is not KeyError and type(default) is type(literal) and default == literal:
+                    found.append(".".join(path))
+    return found
+
+
+def test_configs_state_only_what_differs():
+    assert restated_defaults("def get_config():\n    c.optim.lr = 2e-4\n    p = c.pipeline\n"
+                             "    p.footprints, p.n_samples = 4, 9\n") == ["optim.lr", "pipeline.footprints"]
+    for name in CONFIGS:
+        assert restated_defaults(pathlib.Path(ROOT, "configs", f"{name}.py").read_text()) == [], name
+
+
 def test_configs_do_not_import_training_code():
     code = ("import importlib, sys\n"
             f"for n in {CONFIGS!r}: importlib.import_module('configs.' + n).get_config()\n"
