@@ -19,7 +19,6 @@ same ``--out`` with different tokenizers is refused.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -27,8 +26,9 @@ import os
 import sys
 
 import numpy as np
+from absl import flags
 
-from copgen_jax import checkpoint
+from copgen_jax import checkpoint, flagparse
 from copgen_jax.data import input_pipeline
 from copgen_jax.data import shards
 from copgen_jax.modalities import Registry, registry_from_config
@@ -155,15 +155,19 @@ def encode_shards(tokenizers_dir: str, pixel_dir: str, out_dir: str, *, batch_si
                                     batch_size=batch_size, progress=progress, source=source)
 
 
+FLAGS = flagparse.new()
+flags.DEFINE_string("tokenizers", None, "directory with one tokenizer run per modality", flag_values=FLAGS)
+flags.DEFINE_string("pixels", None, "pixel shard set (directory with manifest.json)", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "output directory for the latent-moment shards", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 32, "records per encoding batch", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("scale_batches", None, "train batches behind a missing scale factor "
+                     "(default: tokenizer.scale_factor_batches)", flag_values=FLAGS)
+flags.mark_flags_as_required(["tokenizers", "pixels", "out"], flag_values=FLAGS)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m copgen_jax.latents.encode", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokenizers", required=True, help="directory with one tokenizer run per modality")
-    parser.add_argument("--pixels", required=True, help="pixel shard set (directory with manifest.json)")
-    parser.add_argument("--out", required=True, help="output directory for the latent-moment shards")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--scale_batches", type=int, default=None,
-                        help="train batches behind a missing scale factor (default: tokenizer.scale_factor_batches)")
-    args = parser.parse_args(argv)
+    args = flagparse.parse(FLAGS, argv, prog="python -m copgen_jax.latents.encode",
+                           description=__doc__.split("\n\n")[0])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     manifest = encode_shards(args.tokenizers, args.pixels, args.out, batch_size=args.batch_size,
                              scale_batches=args.scale_batches)
