@@ -35,7 +35,7 @@ from copgen_jax.models.backbone import backbone_from_config  # noqa: E402
 from copgen_jax.models.tokenizer import autoencoder_from_config  # noqa: E402
 from copgen_jax.modalities import registry_from_config  # noqa: E402
 from copgen_jax.trainers.tiny_run import host_initialised  # noqa: E402
-from copgen_jax.defaults import tokenizer_defaults  # noqa: E402
+from copgen_jax.defaults import default_config  # noqa: E402
 
 GIVEN = ("DEM_DEM", "LULC_LULC")
 TARGET = "S2L2A_B02_B03_B04_B08"
@@ -52,9 +52,9 @@ def load_config(name):
 def tokenizer_model(cfg, name):
     """The tokenizer a run of ``cfg`` would train for ``name``: the demo pipeline's (with its
     per-modality overrides), otherwise the official layout."""
-    if cfg.get("pipeline") and cfg.pipeline.get("tokenizer"):
+    if cfg.task == "pipeline":
         return pipeline.tokenizer_config(cfg, name, "").tokenizer
-    return tokenizer_defaults()
+    return default_config().tokenizer
 
 
 def timed(fn, reps):

@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     settings = {label: dict(sampler=sampler, sample_steps=steps, seed=seed) for label, sampler, steps, seed in SETTINGS}
     return compare(args.workdir, settings, args.out,
                    settings=[dict(zip(("label", "sampler", "steps", "seed"), s)) for s in SETTINGS],
-                   n_samples=p.n_samples, footprints=p.footprints, guidance=p.get("guidance", 1.0))
+                   n_samples=p.n_samples, footprints=p.footprints, guidance=p.guidance)
 
 
 if __name__ == "__main__":

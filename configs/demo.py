@@ -2,7 +2,8 @@
 
 synthetic world -> pixel shards -> tokenizers -> latent shards -> backbone ->
 any-to-any samples on held-out footprints -> report (PNG sheets, GeoTIFFs,
-metrics JSON). Each stage is resumable and skipped when done.
+metrics JSON). Each stage is resumable and skipped when done. How these values
+were chosen, and what they measured, is in docs/experiments.md.
 
 Six modalities at 1/4 of their native resolution (S2/S1/land cover 48 px at
 40 m, DEM 16 px at 120 m), so that everything trains on two CPU cores.
@@ -22,61 +23,50 @@ def get_config():
     c.modalities.patch = 2
     c.modalities.latent_channels = 4
     # The 16 px DEM keeps a finer latent grid (8x8, 16 tokens of 480 m, as the official 64 px DEM
-    # has). At 4x4 (4 tokens of 960 m) the backbone's land-cover x0 R² at n = N gained 0.021 from
-    # location + DEM, at 8x8 0.081 (benchmarks/conditioning.py).
+    # has): at 4x4 the backbone draws little from it.
     c.modalities.per_modality.DEM_DEM = dict(downsample=2)
 
     c.model.hidden, c.model.depth, c.model.heads = 128, 4, 4
     # Attention penalised by ground distance (docs/ARCHITECTURE.md): tokens find the other
-    # modalities' tokens over their own ground from the start. With lr 2e-3, land-cover samples
-    # given location + DEM scored 0.27 accuracy, against 0.21 with neither (1,500 steps each).
+    # modalities' tokens over their own ground from the start.
     c.model.ground_bias = 2.0
     # A short run: Adam's usual b1 (the release's 0.99 averages gradients over 100 of its 1,100
-    # steps) and the rate decayed to 2e-5 by the last step. Land-cover x0 R² at n = N given S2 went
-    # 0.28 -> 0.39, given location + DEM 0.18 -> 0.22 (benchmarks/conditioning.py); the S2 samples
-    # keep their mean only with the tokenizers' latents centred (tokenizer center_latents below).
+    # steps) and the rate decayed to 2e-5 by the last step.
     c.optim.lr = 2e-3
     c.optim.b1 = 0.9
     c.optim.warmup_steps = 200
-    c.optim.schedule, c.optim.end_lr, c.optim.decay_steps = "polynomial", 2e-5, 0  # 0: to the last step
+    c.optim.schedule, c.optim.end_lr = "polynomial", 2e-5  # reached at the last step (optim.decay_steps 0)
     c.optim.ema_rate = 0.998
     c.diffusion.modality_dropout = 0.2  # trains every subset as a condition; absent modalities drop out
     c.diffusion.condition_rate = 0.3  # clean conditions at timestep 0, as sampling feeds them
     c.diffusion.prediction = "v"  # eps-prediction needs far longer runs before its samples are in range
     c.train.global_batch = 32
-    c.train.steps = 1100  # with the ground bias (~20% per step) and 16 DEM tokens: 18.3 minutes in all
+    c.train.steps = 1100
     c.train.log_every = 200
     c.train.checkpoint_every = 500
     c.data.shuffle_buffer = 512
 
-    c.pipeline = ml_collections.ConfigDict()
     p = c.pipeline
     # Many places, one footprint and one date each: how land cover follows terrain and climate
-    # is learnt across places, and held-out places are new climates. From the DEM latent and the
-    # location, an MLP predicts the held-out land-cover latent with R² 0.27 here, -0.50 with 64
-    # cells of 2 x 2 footprints on 4 dates (as many records, learnt by heart). The held-out 5%
-    # are seen on 4 dates each, for the stochastic benchmark's real spread.
-    p.cells, p.observations, p.footprints_per_side, p.world_seed = 1024, 1, 1, 0
+    # is learnt across places, and held-out places are new climates. The held-out 5% are seen on
+    # 4 dates each, for the stochastic benchmark's real spread.
+    p.cells = 1024  # one footprint (pipeline.footprints_per_side) and one date (observations) each
     p.test_fraction, p.test_observations = 0.05, 4
     p.cells_per_shard = 16
     p.data_workers = 2  # processes writing the world and its shards
-    p.encode_batch = 32
-    p.tokenizer = ml_collections.ConfigDict()
     p.tokenizer.model = ml_collections.ConfigDict(dict(
         ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, norm_groups=4, disc_layers=0, scale_factor_batches=16,
-        center_latents=True))  # zero-mean latent channels (docs/ARCHITECTURE.md)
+        center_latents=True))  # zero-mean latent channels: short runs' samples keep the data's mean
     p.tokenizer.optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=50, ema_rate=0.99, b1=0.9, b2=0.99))
     p.tokenizer.train = ml_collections.ConfigDict(dict(global_batch=8, steps=500, log_every=100,
                                                        checkpoint_every=300, async_checkpoint=False))
-    p.tokenizer.shuffle_buffer = 64
-    # 16 px DEM: grouped norms let its latent collapse in short runs (one channel per group
-    # does not); the 48 px modalities need grouped norms to keep their brightness. log1p leaves
-    # a footprint's hills a few thousandths of the DEM's unit range, so its tokenizer needs
-    # precision more than capacity: 3600 steps (cheap at 16 px) with the learning rate decayed to
-    # 1e-5 rebuild the relief to R² 0.87 (tokenizer_eval), 0.71 at 1800 decayed, 0.68 at 1800 constant.
+    # 16 px DEM: one channel per norm group (grouped norms let its latent collapse in short runs;
+    # the 48 px modalities need them to keep their brightness). log1p leaves a footprint's hills a
+    # few thousandths of the DEM's unit range, so its tokenizer needs precision more than
+    # capacity: a longer run (cheap at 16 px) with the rate decayed.
     p.tokenizer.per_modality = ml_collections.ConfigDict({"DEM_DEM": {
         "model": {"norm_groups": 16, "ch_mult": (1, 2)},
-        "optim": {"schedule": "polynomial", "end_lr": 1e-5, "decay_steps": 0},
+        "optim": {"schedule": "polynomial", "end_lr": 1e-5},
         "train": {"steps": 3600, "checkpoint_every": 900}}})
     # any-to-any tasks sampled on held-out footprints: "given+given->generated+generated"
     p.tasks = ("DEM_DEM+LULC_LULC->S2L2A_B02_B03_B04_B08",
@@ -84,12 +74,7 @@ def get_config():
                "S2L2A_B02_B03_B04_B08->S1RTC_vh_vv",
                "3d_cartesian_lat_lon+DEM_DEM->LULC_LULC",
                "S2L2A_B02_B03_B04_B08->LULC_LULC+DEM_DEM")
-    p.footprints = 4  # held-out footprints per task
-    p.n_samples = 8
-    p.sampler, p.sample_steps = "dpm++", 20  # matches DDIM at 50 on these tasks (benchmarks/solvers.py)
-    # Classifier-free guidance of the report's samples: on all 52 held-out places, w = 2 raises
-    # land-cover accuracy given location + DEM from 0.34 to 0.36 (0.25 ignoring both), given S2
-    # from 0.34 to 0.41, and S2 -> DEM CRPS falls 5%; S2's CRPS moves by under 1%, S1's rises 4%
-    # (benchmarks/guidance.py).
+    # Classifier-free guidance of the report's samples: pulls them towards what the conditions
+    # imply at nearly the same CRPS (benchmarks/guidance.py).
     p.guidance = 2.0
     return c

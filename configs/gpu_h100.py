@@ -3,7 +3,8 @@
 Launch with launch/slurm_gpu.sbatch or launch/slurm.py (see launch/README.md); more
 nodes add to ``data`` (-1: every GPU), so the per-GPU batch halves on two nodes. At
 287M parameters the fp32 weights, EMA and Adam moments (4.6 GB) fit every GPU whole,
-so gradients are all-reduced once per step and nothing is gathered in the forward.
+so gradients are all-reduced once per step and nothing is gathered in the forward
+(the default mesh: every device on ``data``).
 Attention runs cuDNN's fused kernel (bf16); 64 examples per GPU run in one pass
 through scanned, rematerialised blocks (README, "Memory").
 """
@@ -15,9 +16,7 @@ def get_config():
     c.model.dtype = "bfloat16"  # compute; master weights stay fp32
     c.model.remat_policy = "full"
     c.model.scan_blocks = True
-    c.model.attention = "auto"  # cuDNN flash attention on GPU in bf16
     c.train.global_batch = 512
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
     c.data.source = "shards"
     c.data.shards = "/shared/copgen/latents"
     c.data.num_workers = 8

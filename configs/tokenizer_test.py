@@ -1,7 +1,6 @@
 """Tiny tokenizer for tests: the registry of configs/test.py, width 16, seconds on a CPU."""
 from configs import test as backbone_test
 from copgen_jax.defaults import default_config
-from copgen_jax.defaults import tokenizer_defaults
 
 
 def get_config():
@@ -9,7 +8,6 @@ def get_config():
     c.task = "tokenizer"
     # The registry of configs/test.py: 48 px S2, 16 px DEM, downsample 4, latent channels 4.
     c.modalities = backbone_test.get_config().modalities
-    c.tokenizer = tokenizer_defaults()
     c.tokenizer.modality = "S2L2A_B02_B03_B04_B08"
     c.tokenizer.ch = 16
     c.tokenizer.ch_mult = (1, 2, 2)  # two halvings = modalities.downsample 4

@@ -15,10 +15,9 @@ def get_config():
     c.model.dtype = "bfloat16"  # compute; master weights stay fp32
     c.model.remat_policy = "full"
     c.model.scan_blocks = True
-    c.model.attention = "auto"  # splash on TPU
     c.train.global_batch = 4096
     c.train.microbatches = 8
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 16, 1
+    c.mesh.data, c.mesh.fsdp = 1, 16
     c.data.source = "shards"
     c.data.shards = "gs://YOUR_BUCKET/copgen/latents/train-*.tfrecord"
     c.data.num_workers = 8

@@ -16,7 +16,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from copgen_jax import storage
+from copgen_jax import defaults, storage
 
 ARRAY_ITEMS = ("params", "ema_params", "opt_state")
 
@@ -91,7 +91,7 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     path = storage.path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir} a copgen_jax run directory?")
-    return ml_collections.ConfigDict(_tuples(storage.read_json(path)))
+    return defaults.with_defaults(_tuples(storage.read_json(path)))
 
 
 def _tuples(obj):

@@ -1,7 +1,10 @@
-"""The default config every ``configs/*.py`` starts from (SPEC §4-§5 values).
+"""The default config every ``configs/*.py`` starts from (SPEC §3-§5 values).
 
-Config files only state what differs, so every knob is documented here once.
+Every knob the code reads lives here once, with its comment; config files only state
+what differs, and a saved run's ``config.json`` is read over these (``with_defaults``).
 """
+from __future__ import annotations
+
 import ml_collections
 
 
@@ -9,7 +12,8 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     # What the entry point runs: "backbone", "tokenizer", or "pipeline" (the
-    # end-to-end embedded default: data -> tokenizers -> latents -> backbone -> samples).
+    # end-to-end embedded default: data -> tokenizers -> latents -> backbone -> samples);
+    # "baseline" marks a deterministic baseline's run (copgen_jax.trainers.baseline).
     c.task = "backbone"
 
     # --- modalities (see copgen_jax.modalities.build_registry) ---------------
@@ -63,6 +67,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.99
     c.optim.b2 = 0.99
     c.optim.warmup_steps = 5000
+    # After the warm-up: "warmup_constant" holds lr (SPEC §5); "polynomial" decays it to end_lr
+    # as (1 - t / decay_steps) ** power over decay_steps (0 = over what is left of train.steps).
+    c.optim.schedule = "warmup_constant"
+    c.optim.end_lr = 0.0
+    c.optim.power = 1.0
+    c.optim.decay_steps = 0
     c.optim.grad_clip = 0.0  # 0 = none (the release clips nothing)
     c.optim.ema_rate = 0.9999
     c.optim.ema_warmup = True  # min(rate, (1 + t) / (10 + t)); False: the release's constant rate
@@ -82,9 +92,11 @@ def default_config() -> ml_collections.ConfigDict:
     # --- input ----------------------------------------------------------------
     c.data = ml_collections.ConfigDict()
     # "synthetic_latents": seeded in-memory latents of the right shapes (no
-    # model quality can be claimed on it); "shards": latent-moment TFRecords.
+    # model quality can be claimed on it); "shards": latent-moment TFRecords (pixel
+    # shards for a tokenizer); "random": seeded random pixels (tokenizer smoke runs).
     c.data.source = "synthetic_latents"
     c.data.shards = ""  # glob of latent-moment shards
+    c.data.num_examples = 256  # examples "synthetic_latents" and "random" cycle through
     c.data.num_workers = 0  # Grain worker processes (0 = in the main process)
     c.data.shuffle_buffer = 1024  # window shuffle, in records
     c.data.cycle_length = 4  # shards interleaved at once
@@ -109,12 +121,10 @@ def default_config() -> ml_collections.ConfigDict:
         ("tokens", None),
         ("patch", None),
     )
-    return c
 
-
-def tokenizer_defaults() -> ml_collections.ConfigDict:
-    """Every ``cfg.tokenizer`` knob with its official value (SPEC §3); configs change what differs."""
-    t = ml_collections.ConfigDict()
+    # --- modality tokenizer (task "tokenizer": one KL autoencoder, SPEC §3) ------
+    c.tokenizer = ml_collections.ConfigDict()
+    t = c.tokenizer
     t.modality = ""  # which registry modality this run trains (required)
     t.ch = 128
     t.ch_mult = (1, 2, 4, 4)  # len - 1 halvings: must give the registry's downsample
@@ -142,12 +152,100 @@ def tokenizer_defaults() -> ml_collections.ConfigDict:
     # Also record each latent channel's mean and encode latents centred (copgen_jax.latents.store): the
     # release's latents are scaled only, which its converted backbone expects.
     t.center_latents = False
-    return t
+
+    # --- deterministic baseline (copgen_jax.trainers.baseline) -----------------
+    c.baseline = ml_collections.ConfigDict()
+    c.baseline.targets = ()  # modalities always generated; empty = a random subset per example
+    c.baseline.target_rate = 0.5  # probability that a modality is a target (random subsets)
+    c.baseline.condition_dropout = 0.3  # probability that a non-target modality is left out
+
+    # --- end-to-end pipeline (task "pipeline", copgen_jax.pipeline) -------------
+    c.pipeline = ml_collections.ConfigDict()
+    p = c.pipeline
+    # The synthetic world (copgen_jax.datasets.build "synthetic"): Major TOM cells, dates per
+    # cell, footprints per cell side, and the world's seed.
+    p.cells, p.observations, p.footprints_per_side, p.world_seed = 64, 1, 1, 0
+    p.cells_per_shard = 1  # cells per pixel shard
+    p.test_fraction = 0.2  # held-out share of the cells (datasets.build.SYNTHETIC_TEST_FRACTION)
+    p.test_observations = 0  # dates per held-out cell; 0 = pipeline.observations
+    p.data_workers = 1  # processes writing the world and its shards
+    p.encode_batch = 32  # pixel records per batch when encoding latents
+    p.tokenizer = ml_collections.ConfigDict()
+    # Each spatial modality's tokenizer run: these sections over cfg.tokenizer, cfg.optim and cfg.train.
+    p.tokenizer.model = ml_collections.ConfigDict()
+    p.tokenizer.optim = ml_collections.ConfigDict()
+    p.tokenizer.train = ml_collections.ConfigDict()
+    p.tokenizer.shuffle_buffer = 64  # the tokenizer runs' data.shuffle_buffer
+    # {modality: {"model" | "optim" | "train": {...}}} over the sections above, for one modality
+    p.tokenizer.per_modality = ml_collections.ConfigDict()
+    # The report: any-to-any tasks ("given+given->generated+generated") sampled on held-out footprints.
+    p.tasks = ()
+    p.footprints = 4  # held-out footprints per task
+    p.n_samples = 8  # samples per footprint
+    p.sampler, p.sample_steps = "dpm++", 20
+    p.guidance = 1.0  # classifier-free guidance weight; 1 = none
+    p.seed = 0  # the report's sampling seed
+    return c
 
 
-def baseline_defaults() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        targets=(),  # modalities always generated; empty = a random subset per example
-        target_rate=0.5,  # probability that a modality is a target (random subsets)
-        condition_dropout=0.3,  # probability that a non-target modality is left out
-    ))
+def _plain(cfg) -> dict:
+    return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        v = _plain(v) if isinstance(v, (dict, ml_collections.ConfigDict)) else v
+        out[k] = _merged(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def with_defaults(saved) -> ml_collections.ConfigDict:
+    """``saved`` (a run's config.json as a dict, or a ConfigDict) read over the current defaults.
+
+    Runs saved before a knob existed load with its default; what ``saved`` holds wins.
+    """
+    return ml_collections.ConfigDict(_merged(default_config().to_dict(), _plain(saved)))
+
+
+# Sections whose keys are not fixed by the defaults: maps keyed by modality name (the value's
+# reference for each entry), and sections that override another section of the defaults.
+_MODALITY_MAPS = {
+    "modalities.per_modality": lambda d: {"downsample": 0, "patch": 0, "latent_channels": 0},
+    "pipeline.tokenizer.per_modality": lambda d: {"model": d["tokenizer"], "optim": d["optim"], "train": d["train"]},
+}
+_OVERRIDES = {"pipeline.tokenizer.model": "tokenizer", "pipeline.tokenizer.optim": "optim",
+              "pipeline.tokenizer.train": "train"}
+
+
+def unknown_keys(cfg) -> list[str]:
+    """Dotted paths of ``cfg`` that no default declares (a typo'd or stale knob)."""
+    ref = default_config().to_dict()
+
+    def walk(value: dict, against: dict, path: str) -> list[str]:
+        out = []
+        for k, v in value.items():
+            at = f"{path}.{k}" if path else k
+            if at in _MODALITY_MAPS:
+                entry = _MODALITY_MAPS[at](ref)
+                out += [u for name, e in v.items() for u in walk(_plain(e), entry, f"{at}.{name}")]
+                continue
+            r = ref[_OVERRIDES[at]] if at in _OVERRIDES else against.get(k, _MISSING)
+            if r is _MISSING:
+                out.append(at)
+            elif isinstance(v, dict) and isinstance(r, dict):
+                out += walk(v, r, at)
+        return out
+
+    return walk(_plain(cfg), ref, "")
+
+
+_MISSING = object()
+
+
+def check(cfg) -> None:
+    """Raise ValueError naming every key of ``cfg`` unknown to the defaults."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ValueError(f"config keys unknown to copgen_jax.defaults: {', '.join(unknown)} "
+                         "(a typo, or a knob to declare in default_config())")

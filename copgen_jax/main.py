@@ -16,7 +16,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from copgen_jax import parallel
+from copgen_jax import defaults, parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
                                           lock_config=True)
@@ -51,7 +51,7 @@ def describe(cfg, compile_step: bool = False) -> dict:
 
 
 def _mesh_sizes(cfg):
-    return [cfg.mesh.get(a, 1) for a in parallel.MESH_AXES]
+    return [cfg.mesh[a] for a in parallel.MESH_AXES]
 
 
 def run(cfg, workdir):
@@ -83,6 +83,7 @@ def main(argv):
     cfg = _CONFIG.value
     if cfg is None:
         raise app.UsageError("--config=configs/NAME.py is required")
+    defaults.check(cfg)
     if _DESCRIBE.value:
         print(json.dumps(describe(cfg, _COMPILE.value)))
         return

@@ -283,7 +283,7 @@ def registry_from_config(cfg) -> Registry:
     """Build the registry a config's ``modalities`` block asks for."""
     mc = cfg.modalities
     return build_registry(
-        names=list(mc.names) if mc.get("names") else None,
-        pixel_scale=mc.get("pixel_scale", 1), downsample=mc.get("downsample", 8),
-        patch=mc.get("patch") or None, latent_channels=mc.get("latent_channels") or None,
-        signed_dem=mc.get("signed_dem", False), per_modality=mc.get("per_modality"))
+        names=list(mc.names) if mc.names else None,
+        pixel_scale=mc.pixel_scale, downsample=mc.downsample,
+        patch=mc.patch or None, latent_channels=mc.latent_channels or None,
+        signed_dem=mc.signed_dem, per_modality=mc.per_modality)

@@ -47,7 +47,7 @@ def initialize_distributed() -> None:
 
 def mesh_shape(cfg_mesh, num_devices: int) -> dict[str, int]:
     """Resolve the config's axis sizes (one may be -1) against the device count."""
-    sizes = {a: int(cfg_mesh.get(a, 1)) for a in MESH_AXES}
+    sizes = {a: int(cfg_mesh[a]) for a in MESH_AXES}
     free = [a for a, s in sizes.items() if s == -1]
     if len(free) > 1:
         raise ShardingError(f"only one mesh axis may be -1, got {free}")
@@ -182,7 +182,7 @@ def abstract_mesh(cfg_mesh, num_devices: int | None = None) -> jax.sharding.Abst
     ``num_devices`` resolves a -1 axis; without one the config's sizes are taken as they are.
     """
     if num_devices is None:
-        num_devices = int(np.prod([max(int(cfg_mesh.get(a, 1)), 1) for a in MESH_AXES]))
+        num_devices = int(np.prod([max(int(cfg_mesh[a]), 1) for a in MESH_AXES]))
     sizes = mesh_shape(cfg_mesh, num_devices)
     return jax.sharding.AbstractMesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES,
                                      axis_types=(AxisType.Auto,) * 3)

@@ -44,17 +44,16 @@ def stage_data(cfg, workdir, registry: Registry) -> None:
     from copgen_jax.datasets import build
     p = cfg.pipeline
     build.build("synthetic", out, registry, cells=p.cells, observations=p.observations, seed=p.world_seed,
-                footprints_per_side=p.footprints_per_side, cells_per_shard=p.get("cells_per_shard", 1),
-                test_fraction=p.get("test_fraction", build.SYNTHETIC_TEST_FRACTION),
-                test_observations=p.get("test_observations", 0), workers=p.get("data_workers", 1))
+                footprints_per_side=p.footprints_per_side, cells_per_shard=p.cells_per_shard,
+                test_fraction=p.test_fraction, test_observations=p.test_observations, workers=p.data_workers)
 
 
 def tokenizer_config(cfg, name: str, pixels: str) -> ml_collections.ConfigDict:
     """The tokenizer run for ``name``: the demo's registry, ``cfg.pipeline.tokenizer``'s model, optim
     and train sections (``tokenizer.per_modality[name]``'s sections over them), pixel shards."""
-    from copgen_jax.defaults import default_config, tokenizer_defaults
+    from copgen_jax.defaults import default_config
     t = cfg.pipeline.tokenizer
-    own = t.get("per_modality", {}).get(name, {})  # e.g. DEM's norm groups and longer training
+    own = t.per_modality.get(name, {})  # e.g. DEM's norm groups and longer training
     unknown = set(own) - {"model", "optim", "train"}
     if unknown:
         raise ValueError(f"pipeline.tokenizer.per_modality.{name} has sections {sorted(unknown)}; "
@@ -62,13 +61,12 @@ def tokenizer_config(cfg, name: str, pixels: str) -> ml_collections.ConfigDict:
     c = default_config()
     c.task, c.seed = "tokenizer", cfg.seed
     c.modalities = ml_collections.ConfigDict(cfg.modalities.to_dict())
-    c.tokenizer = tokenizer_defaults()
     for section, target in (("model", c.tokenizer), ("optim", c.optim), ("train", c.train)):
         target.update(t[section].to_dict())
         target.update(dict(own.get(section, {})))
     c.tokenizer.modality = name
     c.data.source, c.data.shards = "shards", pixels
-    c.data.shuffle_buffer = t.get("shuffle_buffer", 64)
+    c.data.shuffle_buffer = t.shuffle_buffer
     return c
 
 

@@ -14,7 +14,6 @@ discriminator (used only when fine-tuning past ``disc_start``) starts fresh.
 """
 from __future__ import annotations
 
-import copy as _copy
 import functools
 import os
 from typing import Mapping
@@ -25,7 +24,7 @@ from etils import epath
 from flax import nnx
 
 from copgen_jax import checkpoint, parallel
-from copgen_jax.defaults import tokenizer_defaults
+from copgen_jax.defaults import with_defaults
 from copgen_jax.convert.rules import ConversionError, Job, Rule, check_table, conv, copy, to_nnx, to_state_dict
 from copgen_jax.convert.torch_io import load_torch_state_dict
 from copgen_jax.latents.store import export_tokenizer, write_scale_factor
@@ -99,12 +98,8 @@ def tokenizer_rules(in_channels: int, out_channels: int, ch: int, ch_mult, num_r
 def tokenizer_run_config(cfg, modality: Modality):
     """The tokenizer-run config for ``modality``: the config's modalities, official tokenizer sizes
     unless ``cfg.tokenizer`` says otherwise, and the release's regression loss for class maps."""
-    out = _copy.deepcopy(cfg)
-    out.unlock()
+    out = with_defaults(cfg)
     out.task = "tokenizer"
-    out.tokenizer = tokenizer_defaults()
-    if "tokenizer" in cfg:
-        out.tokenizer.update(_copy.deepcopy(cfg.tokenizer))
     out.tokenizer.modality = modality.name
     out.tokenizer.categorical_loss = "regression"  # how the release trained its one-hot tokenizers
     return out
@@ -112,7 +107,7 @@ def tokenizer_run_config(cfg, modality: Modality):
 
 def rules_for(tcfg, modality: Modality) -> list[Rule]:
     channels = modality.pixel_shape[0]
-    z = tcfg.get("z_channels", 0) or modality.latent_channels
+    z = tcfg.z_channels or modality.latent_channels
     return tokenizer_rules(channels, channels, tcfg.ch, tuple(tcfg.ch_mult), tcfg.num_res_blocks, z)
 
 

@@ -228,10 +228,10 @@ def _options(cfg, files, process_index, process_count, seed, batch_size, shuffle
     d = cfg.data
     return dict(files=files, batch_size=_local_batch(batch_size or cfg.train.global_batch, pc),
                 seed=cfg.seed if seed is None else seed, process_index=pi, process_count=pc,
-                num_workers=d.get("num_workers", 0),
-                shuffle_buffer=d.get("shuffle_buffer", 1024) if shuffle_buffer is None else shuffle_buffer,
-                cycle_length=d.get("cycle_length", 4), prefetch=d.get("prefetch", 2),
-                on_corrupt=d.get("on_corrupt", "raise"))
+                num_workers=d.num_workers,
+                shuffle_buffer=d.shuffle_buffer if shuffle_buffer is None else shuffle_buffer,
+                cycle_length=d.cycle_length, prefetch=d.prefetch,
+                on_corrupt=d.on_corrupt)
 
 
 def make_latent_iterator(cfg, registry: Registry, files: Sequence[str], *, process_index: int | None = None,

@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import tqdm
@@ -229,39 +228,44 @@ def build(source: str, out: str, registry: Registry, *, root=None, cells=4, obse
     return out, manifest
 
 
-def main(argv=None) -> None:
-    from absl import app, flags
+def _flags():
+    from absl import flags
     from ml_collections import config_flags
 
-    flags.DEFINE_enum("source", None, SOURCES, "raw data to read")
-    flags.DEFINE_string("out", None, "output directory (shards, manifest; raw/ for synthetic)")
-    flags.DEFINE_string("root", None, "Major TOM root folder (--source=majortom)")
-    flags.DEFINE_integer("cells", 4, "synthetic: number of grid cells")
-    flags.DEFINE_integer("observations", 2, "synthetic: observations (dates) per cell")
-    flags.DEFINE_integer("seed", 0, "synthetic: world seed")
-    flags.DEFINE_integer("footprints_per_side", 6, "synthetic: cell side in footprints (6 = Major TOM)")
-    flags.DEFINE_float("test_fraction", SYNTHETIC_TEST_FRACTION, "synthetic: share of cells held out")
-    flags.DEFINE_integer("test_observations", 0, "synthetic: dates per held-out cell (0: --observations)")
-    flags.DEFINE_enum("format", "tfrecord", ["tfrecord", "tfds"], "writer: pure Python or TFDS/Beam")
-    flags.DEFINE_integer("cells_per_shard", 1, "units (cells) per shard")
-    flags.DEFINE_integer("workers", 1, "parallel processes (synthetic world; tfrecord format)")
-    flags.DEFINE_string("beam_runner", "DirectRunner", "Apache Beam runner (tfds format)")
+    from copgen_jax import flagparse
+    fv = flagparse.new()
+    flags.DEFINE_enum("source", None, SOURCES, "raw data to read", flag_values=fv)
+    flags.DEFINE_string("out", None, "output directory (shards, manifest; raw/ for synthetic)", flag_values=fv)
+    flags.DEFINE_string("root", None, "Major TOM root folder (--source=majortom)", flag_values=fv)
+    flags.DEFINE_integer("cells", 4, "synthetic: number of grid cells", flag_values=fv)
+    flags.DEFINE_integer("observations", 2, "synthetic: observations (dates) per cell", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "synthetic: world seed", flag_values=fv)
+    flags.DEFINE_integer("footprints_per_side", 6, "synthetic: cell side in footprints (6 = Major TOM)", flag_values=fv)
+    flags.DEFINE_float("test_fraction", SYNTHETIC_TEST_FRACTION, "synthetic: share of cells held out", flag_values=fv)
+    flags.DEFINE_integer("test_observations", 0, "synthetic: dates per held-out cell (0: --observations)",
+                         flag_values=fv)
+    flags.DEFINE_enum("format", "tfrecord", ["tfrecord", "tfds"], "writer: pure Python or TFDS/Beam", flag_values=fv)
+    flags.DEFINE_integer("cells_per_shard", 1, "units (cells) per shard", flag_values=fv)
+    flags.DEFINE_integer("workers", 1, "parallel processes (synthetic world; tfrecord format)", flag_values=fv)
+    flags.DEFINE_string("beam_runner", "DirectRunner", "Apache Beam runner (tfds format)", flag_values=fv)
     config_flags.DEFINE_config_file("config", None, "config file whose `modalities` pick the registry",
-                                    lock_config=False)
-    flags.mark_flags_as_required(["source", "out"])
+                                    lock_config=False, flag_values=fv)
+    flags.mark_flags_as_required(["source", "out"], flag_values=fv)
+    return fv
 
-    def run(_):
-        FLAGS = flags.FLAGS
-        registry = registry_from_config(FLAGS.config) if FLAGS.config else build_registry()
-        directory, manifest = build(
-            FLAGS.source, FLAGS.out, registry, root=FLAGS.root, cells=FLAGS.cells,
-            observations=FLAGS.observations, seed=FLAGS.seed, footprints_per_side=FLAGS.footprints_per_side,
-            test_fraction=FLAGS.test_fraction, test_observations=FLAGS.test_observations, fmt=FLAGS.format,
-            cells_per_shard=FLAGS.cells_per_shard, workers=FLAGS.workers, beam_runner=FLAGS.beam_runner)
-        print(f"{directory}: " + ", ".join(f"{n} {s} records" for s, n in manifest["records"].items()))
 
-    app.run(run, argv=argv)
+def main(argv=None) -> None:
+    """``argv``: the arguments after the program name (default ``sys.argv[1:]``)."""
+    from copgen_jax import flagparse
+    a = flagparse.parse(_flags(), argv, prog="python -m copgen_jax.datasets.build", description=__doc__.split("\n\n")[0])
+    registry = registry_from_config(a.config) if a.config else build_registry()
+    directory, manifest = build(
+        a.source, a.out, registry, root=a.root, cells=a.cells, observations=a.observations, seed=a.seed,
+        footprints_per_side=a.footprints_per_side, test_fraction=a.test_fraction,
+        test_observations=a.test_observations, fmt=a.format, cells_per_shard=a.cells_per_shard, workers=a.workers,
+        beam_runner=a.beam_runner)
+    print(f"{directory}: " + ", ".join(f"{n} {s} records" for s, n in manifest["records"].items()))
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main()

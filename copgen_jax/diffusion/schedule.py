@@ -72,7 +72,7 @@ class Schedule:
 
 def schedule_from_config(cfg) -> Schedule:
     d = cfg.diffusion
-    return Schedule(d.num_steps, d.beta_start, d.beta_end, d.get("prediction", "eps"))
+    return Schedule(d.num_steps, d.beta_start, d.beta_end, d.prediction)
 
 
 def diffusion_loss(eps_pred: dict, eps: dict, present: dict | None = None):

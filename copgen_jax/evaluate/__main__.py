@@ -55,61 +55,54 @@ A benchmark or task the run cannot do is ``{"skipped": "<why>"}``.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 
+from absl import flags
+
+from copgen_jax import flagparse
 from copgen_jax.evaluate.benchmarks import Settings
 from copgen_jax.evaluate.run import BENCHMARKS, MODELS, REPORT, evaluate
 
 
-def _csv(choices):
-    def parse(text):
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if items == ["all"]:
-            return choices
-        bad = [t for t in items if t not in choices]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(choices)} (comma-separated) or all")
-        return tuple(items)
-    return parse
+FLAGS = flagparse.new()
+flags.DEFINE_string("workdir", None, "run directory (config.json, checkpoints/, tokenizers/, data/)", flag_values=FLAGS)
+flags.DEFINE_list("benchmark", ["all"], "stochastic, tasks, narrowing (comma-separated) or all", flag_values=FLAGS)
+flags.DEFINE_enum("model", "both", ("diffusion", "baseline", "both"), "models to evaluate", flag_values=FLAGS)
+flags.DEFINE_integer("cells", 0, "footprint locations to evaluate (0: all held-out ones)", lower_bound=0,
+                     flag_values=FLAGS)
+flags.DEFINE_integer("samples", 16, "samples per input (K)", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("steps", 50, "sampler network evaluations", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_enum("sampler", "ddim", ("ddim", "dpm++"), "sampler", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=FLAGS)
+flags.DEFINE_integer("chunk", 8, "inputs per generate call", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_string("split", "test", "split of the pixel shards", flag_values=FLAGS)
+flags.DEFINE_string("pixels", None, "pixel shard set to evaluate on (default DIR/data/pixels)", flag_values=FLAGS)
+flags.DEFINE_list("tasks", None, "only these tasks (names as in the report), comma-separated", flag_values=FLAGS)
+flags.DEFINE_integer("train-baseline-steps", None, "train DIR/baseline up to this many steps when it has fewer "
+                     "(default: as many as the diffusion run; 0: never train)", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "output directory (default DIR/eval)", flag_values=FLAGS)
+flags.mark_flag_as_required("workdir", flag_values=FLAGS)
+PROG = "python -m copgen_jax.evaluate"
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m copgen_jax.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True, help="run directory (config.json, checkpoints/, tokenizers/, data/)")
-    p.add_argument("--benchmark", type=_csv(BENCHMARKS), default=BENCHMARKS,
-                   help="stochastic, tasks, narrowing (comma-separated) or all (default)")
-    p.add_argument("--model", default="both", choices=("diffusion", "baseline", "both"))
-    p.add_argument("--cells", type=int, default=0, help="footprint locations to evaluate (0: all held-out ones)")
-    p.add_argument("--samples", type=int, default=16, help="samples per input (K)")
-    p.add_argument("--steps", type=int, default=50, help="sampler network evaluations")
-    p.add_argument("--sampler", default="ddim", choices=("ddim", "dpm++"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--chunk", type=int, default=8, help="inputs per generate call")
-    p.add_argument("--split", default="test")
-    p.add_argument("--pixels", default=None, help="pixel shard set to evaluate on (default DIR/data/pixels)")
-    p.add_argument("--tasks", type=lambda t: tuple(x for x in t.split(",") if x), default=None,
-                   help="only these tasks (names as in the report), comma-separated")
-    p.add_argument("--train-baseline-steps", type=int, default=None,
-                   help="train DIR/baseline up to this many steps when it has fewer (default: as many as the "
-                        "diffusion run; 0: never train)")
-    p.add_argument("--out", default=None, help="output directory (default DIR/eval)")
-    args = p.parse_args(argv)
-    for name in ("cells", "chunk", "samples", "steps"):
-        if getattr(args, name) < (0 if name == "cells" else 1):
-            p.error(f"--{name} must be {'>= 0' if name == 'cells' else '>= 1'}, got {getattr(args, name)}")
+    args = flagparse.parse(FLAGS, argv, prog=PROG, description=__doc__.split("\n\n")[0])
+    items = [t.strip() for t in args.benchmark if t.strip()]
+    if items == ["all"]:
+        items = list(BENCHMARKS)
+    if not items or any(t not in BENCHMARKS for t in items):
+        flagparse.fail(FLAGS, PROG, f"--benchmark={','.join(args.benchmark)}: choose from {', '.join(BENCHMARKS)} "
+                       "(comma-separated) or all")
+    args.benchmark = tuple(items)
+    args.tasks = tuple(t for t in args.tasks if t) if args.tasks is not None else None
     return args
 
 
 def main(argv=None) -> dict:
-    from absl import flags
-    flags.FLAGS.mark_as_parsed()  # Grain (the baseline's training data) reads absl flags
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every read and write at INFO
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     settings = Settings(cells=args.cells, samples=args.samples, steps=args.steps, sampler=args.sampler,
                         seed=args.seed, chunk=args.chunk)
     models = MODELS if args.model == "both" else (args.model,)

@@ -93,8 +93,8 @@ def run_task(copgen, registry: Registry, task: str, groups: dict, p, out_dir: st
     if not chosen:
         return {"skipped": f"no held-out footprint has {', '.join(given + generated)}"}
     conditions = {n: np.stack([r["pixels"][n] for r in chosen]) for n in given}
-    gen = copgen.generate(generated, conditions, n_samples=p.n_samples, seed=p.get("seed", 0),
-                          steps=p.sample_steps, sampler=p.sampler, guidance=p.get("guidance", 1.0), stats=True)
+    gen = copgen.generate(generated, conditions, n_samples=p.n_samples, seed=p.seed,
+                          steps=p.sample_steps, sampler=p.sampler, guidance=p.guidance, stats=True)
     result = {"given": given, "generated": generated, "footprints": [r["key"] for r in chosen],
               "metrics": {n: modality_metrics(registry[n], np.stack([r["pixels"][n] for r in chosen]), gen[n])
                           for n in generated}}

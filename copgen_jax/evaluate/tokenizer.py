@@ -21,7 +21,6 @@ Results go to ``<run>/eval_<split>.json`` (or ``--out``).
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -31,8 +30,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from copgen_jax import storage
+from copgen_jax import flagparse, storage
 from copgen_jax.evaluate import metrics
 from copgen_jax.codecs import LogPower, Reflectance
 from copgen_jax.modalities import CATEGORICAL, Modality
@@ -152,15 +152,20 @@ def _is_categorical(report) -> bool:
     return "accuracy" in next(iter(report["results"].values()))
 
 
+FLAGS = flagparse.new()
+flags.DEFINE_string("tokenizer", None, "tokenizer run directory", flag_values=FLAGS)
+flags.DEFINE_string("pixels", None, "pixel shard set (directory with manifest.json)", flag_values=FLAGS)
+flags.DEFINE_string("split", "test", "split of the pixel shards", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 16, "examples per batch", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("max_batches", None, "stop after this many batches (default: the whole split)",
+                     flag_values=FLAGS)
+flags.DEFINE_string("out", None, "JSON path (default <tokenizer>/eval_<split>.json)", flag_values=FLAGS)
+flags.mark_flags_as_required(["tokenizer", "pixels"], flag_values=FLAGS)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m copgen_jax.evaluate.tokenizer", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokenizer", required=True, help="tokenizer run directory")
-    parser.add_argument("--pixels", required=True, help="pixel shard set (directory with manifest.json)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_batches", type=int, default=None)
-    parser.add_argument("--out", default=None, help="JSON path (default <tokenizer>/eval_<split>.json)")
-    args = parser.parse_args(argv)
+    args = flagparse.parse(FLAGS, argv, prog="python -m copgen_jax.evaluate.tokenizer",
+                           description=__doc__.split("\n\n")[0])
     report = evaluate_tokenizer(load_tokenizer(args.tokenizer), args.pixels, split=args.split,
                                 batch_size=args.batch_size, max_batches=args.max_batches)
     out = args.out or storage.path(args.tokenizer) / f"eval_{args.split}.json"

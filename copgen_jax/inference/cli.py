@@ -13,39 +13,44 @@ the registry's size centred on --lat/--lon in its UTM zone.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import numpy as np
 import tqdm
+from absl import flags
+
+from copgen_jax import flagparse
 
 from copgen_jax import storage
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="copgen-sample", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", required=True, help="run directory (or <workdir>/checkpoints/<step>)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
-    p.add_argument("--generate", action="append", default=[], metavar="NAME", help="modality to generate (repeat)")
-    p.add_argument("--condition", action="append", default=[], metavar="NAME=PATH.tif",
-                   help="spatial condition as a GeoTIFF (repeat)")
-    p.add_argument("--lat", type=float, help="latitude of the footprint centre, degrees")
-    p.add_argument("--lon", type=float, help="longitude of the footprint centre, degrees")
-    p.add_argument("--date", help="acquisition date, YYYY-MM-DD")
-    p.add_argument("--n-samples", type=int, default=4)
-    p.add_argument("--steps", type=int, default=50, help="network evaluations per sample")
-    p.add_argument("--sampler", choices=("ddim", "dpm++"), default="ddim")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance weight (1: plain conditional; > 1 follows the conditions "
-                        "more closely, two network evaluations per step)")
-    p.add_argument("--absent", choices=("drop", "noise", "mask"), default=None,
-                   help="modalities neither given nor generated (default: from the run's training)")
-    p.add_argument("--units", action="append", default=[], metavar="NAME=UNIT", help="e.g. S1RTC_vh_vv=db")
-    p.add_argument("--out", required=True, help="output directory")
-    return p.parse_args(argv)
+FLAGS = flagparse.new()
+flags.DEFINE_string("workdir", None, "run directory (or <workdir>/checkpoints/<step>)", flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)", flag_values=FLAGS)
+flags.DEFINE_multi_string("generate", [], "modality to generate (repeat)", flag_values=FLAGS)
+flags.DEFINE_multi_string("condition", [], "spatial condition as a GeoTIFF (repeat)", flag_values=FLAGS)
+flags.DEFINE_float("lat", None, "latitude of the footprint centre, degrees", flag_values=FLAGS)
+flags.DEFINE_float("lon", None, "longitude of the footprint centre, degrees", flag_values=FLAGS)
+flags.DEFINE_string("date", None, "acquisition date, YYYY-MM-DD", flag_values=FLAGS)
+flags.DEFINE_integer("n-samples", 4, "samples to draw", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 50, "network evaluations per sample", flag_values=FLAGS)
+flags.DEFINE_enum("sampler", "ddim", ("ddim", "dpm++"), "sampler", flag_values=FLAGS)
+flags.DEFINE_float("eta", 0.0, "DDIM stochasticity (0: deterministic)", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=FLAGS)
+flags.DEFINE_float("guidance", 1.0, "classifier-free guidance weight (1: plain conditional; > 1 follows the "
+                   "conditions more closely, two network evaluations per step)", flag_values=FLAGS)
+flags.DEFINE_enum("absent", None, ("drop", "noise", "mask"),
+                  "modalities neither given nor generated (default: from the run's training)", flag_values=FLAGS)
+flags.DEFINE_multi_string("units", [], "e.g. S1RTC_vh_vv=db (repeat)", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
+flags.mark_flags_as_required(["workdir", "out"], flag_values=FLAGS)
+METAVARS = {"generate": "NAME", "condition": "NAME=PATH.tif", "units": "NAME=UNIT"}
+
+
+def parse_args(argv=None):
+    return flagparse.parse(FLAGS, argv, prog="copgen-sample", description=__doc__.split("\n\n")[0],
+                           metavars=METAVARS)
 
 
 def _pairs(items, flag):

@@ -97,7 +97,7 @@ class CopGen:
         self.mesh = mesh if mesh is not None else local_mesh()
         self.rules = parallel.rules_from_config(cfg.mesh)
         self.schedule = schedule_from_config(cfg)
-        self.default_absent = "drop" if cfg.diffusion.get("modality_dropout", 0.0) > 0 else "noise"
+        self.default_absent = "drop" if cfg.diffusion.modality_dropout > 0 else "noise"
         self.decode_batch = decode_batch
         self._graphdef, params = nnx.split(backbone, nnx.Param)
         self._params = jax.device_put(params, parallel.param_shardings(backbone, self.mesh, self.rules))

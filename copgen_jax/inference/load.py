@@ -78,7 +78,7 @@ def load_autoencoders(tokenizers_dir, registry: Registry):
                                     f"copgen_jax.main --config=configs/tokenizer.py --config.tokenizer."
                                     f"modality={m.name} --workdir={run}` or convert the released weights")
         tok = load_tokenizer(run, registry=registry)  # the EMA weights; a stale scale factor is ignored
-        if tok.scale_factor is None and tok.cfg.tokenizer.get("center_latents", False):
+        if tok.scale_factor is None and tok.cfg.tokenizer.center_latents:
             raise FileNotFoundError(f"{run}: a centring tokenizer without its {m.name} scale_factor.json for step "
                                     f"{tok.step}, which holds the latent shift its backbone was trained with; "
                                     "copy it from the run that encoded the latents (or rerun copgen_jax.latents.encode)")

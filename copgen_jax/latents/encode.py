@@ -19,7 +19,6 @@ same ``--out`` with different tokenizers is refused.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -27,9 +26,9 @@ import os
 import sys
 
 import numpy as np
+from absl import flags
 
-from copgen_jax import checkpoint
-from copgen_jax import storage
+from copgen_jax import checkpoint, flagparse, storage
 from copgen_jax.data import input_pipeline
 from copgen_jax.data import shards
 from copgen_jax.modalities import Registry, registry_from_config
@@ -90,9 +89,9 @@ def ensure_scale_factors(toks: dict[str, Tokenizer], pixel_dir: str, *, batches:
     out = {}
     for name, tok in toks.items():
         if tok.scale_factor is None:
-            n = batches or tok.cfg.tokenizer.get("scale_factor_batches", 64)
+            n = batches or tok.cfg.tokenizer.scale_factor_batches
             info = compute_scale_factor(tok, pixel_batches(pixel_dir, tok.modality, batch_size, "train", n),
-                                        seed=tok.cfg.get("seed", 0))
+                                        seed=tok.cfg.seed)
             write_scale_factor(tok.run_dir, info)
             apply_scale_info(tok, info)
             logging.info("%s: scale factor %.6f from %d examples", name, tok.scale_factor, info["examples"])
@@ -155,15 +154,19 @@ def encode_shards(tokenizers_dir: str, pixel_dir: str, out_dir: str, *, batch_si
                                     batch_size=batch_size, progress=progress, source=source)
 
 
+FLAGS = flagparse.new()
+flags.DEFINE_string("tokenizers", None, "directory with one tokenizer run per modality", flag_values=FLAGS)
+flags.DEFINE_string("pixels", None, "pixel shard set (directory with manifest.json)", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "output directory for the latent-moment shards", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 32, "records per encoding batch", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("scale_batches", None, "train batches behind a missing scale factor "
+                     "(default: tokenizer.scale_factor_batches)", flag_values=FLAGS)
+flags.mark_flags_as_required(["tokenizers", "pixels", "out"], flag_values=FLAGS)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m copgen_jax.latents.encode", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokenizers", required=True, help="directory with one tokenizer run per modality")
-    parser.add_argument("--pixels", required=True, help="pixel shard set (directory with manifest.json)")
-    parser.add_argument("--out", required=True, help="output directory for the latent-moment shards")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--scale_batches", type=int, default=None,
-                        help="train batches behind a missing scale factor (default: tokenizer.scale_factor_batches)")
-    args = parser.parse_args(argv)
+    args = flagparse.parse(FLAGS, argv, prog="python -m copgen_jax.latents.encode",
+                           description=__doc__.split("\n\n")[0])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     manifest = encode_shards(args.tokenizers, args.pixels, args.out, batch_size=args.batch_size,
                              scale_batches=args.scale_batches)

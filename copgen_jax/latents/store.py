@@ -13,13 +13,12 @@ A tokenizer run directory (one per modality, conventionally
 Loading takes the EMA weights of the newest checkpoint (what the release ships);
 a scale factor recorded for another step is ignored (and so recomputed by encoding).
 
-Centred latents: a KL autoencoder's channels keep means far from 0 (the demo's S2
-latent has -1.3 in one channel, with a spread of 1.0). A diffusion model's x0 guess
-at high noise shrinks towards 0, and every sampler step inherits that pull, so short
-runs' samples drift off the data's mean (the demo's S2 samples came out as white
-glare). With a recorded ``shift`` the loaded tokenizer encodes ``z - shift`` and
-decodes it as it decoded ``z``: the shift folds exactly into the biases of the two
-1x1 convolutions around the latent, so nothing downstream knows about it.
+Centred latents: a KL autoencoder's channels keep means far from 0, while a diffusion
+model's x0 guess at high noise shrinks towards 0 and every sampler step inherits that
+pull, so short runs' samples drift off the data's mean (docs/experiments.md). With a
+recorded ``shift`` the loaded tokenizer encodes ``z - shift`` and decodes it as it
+decoded ``z``: the shift folds exactly into the biases of the two 1x1 convolutions
+around the latent, so nothing downstream knows about it.
 """
 from __future__ import annotations
 
@@ -133,8 +132,8 @@ def load_tokenizer(run_dir, step: int | None = None, registry=None) -> Tokenizer
     """The EMA autoencoder of a tokenizer run (newest checkpoint unless ``step``)."""
     run_dir = os.fspath(run_dir)
     cfg = checkpoint.load_config(run_dir)
-    if cfg.get("task") != "tokenizer" or not cfg.get("tokenizer"):
-        raise ValueError(f"{run_dir}/config.json is not a tokenizer run (task={cfg.get('task')!r})")
+    if cfg.task != "tokenizer":
+        raise ValueError(f"{run_dir}/config.json is not a tokenizer run (task={cfg.task!r})")
     modality = tokenizer_modality(cfg, registry)
     with nnx.use_eager_sharding(False):  # shapes only: the weights come from the checkpoint
         create = lambda: tokenizer_model_from_config(cfg.tokenizer, modality, nnx.Rngs(0))  # noqa: E731
@@ -176,7 +175,7 @@ def compute_scale_factor(tok: Tokenizer, batches: Iterable[np.ndarray], seed: in
     was batched beyond the random draws.
     """
     if center is None:
-        center = bool(tok.cfg.tokenizer.get("center_latents", False))
+        center = bool(tok.cfg.tokenizer.center_latents)
     sums = _bound(tok.autoencoder, _moment_sums)
     total = total_sq = 0.0
     per_channel = examples = 0

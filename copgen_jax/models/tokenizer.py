@@ -267,14 +267,14 @@ def autoencoder_from_config(tcfg, modality: Modality, rngs: nnx.Rngs) -> Autoenc
             f"{modality.name}: tokenizer.ch_mult={list(ch_mult)} downsamples by {factor} but the registry's "
             f"downsample is {modality.downsample} ({modality.size} px -> {modality.latent_shape[1]}); use "
             f"{1 + int(math.log2(modality.downsample))} levels in ch_mult or set modalities.downsample={factor}")
-    z = tcfg.get("z_channels", 0) or modality.latent_channels
+    z = tcfg.z_channels or modality.latent_channels
     if z != modality.latent_channels:
         raise ValueError(f"{modality.name}: tokenizer.z_channels={z} but the registry's latent has "
                          f"{modality.latent_channels} channels; set tokenizer.z_channels=0 to follow the registry")
     channels = modality.pixel_shape[0]
     return AutoencoderKL(channels, channels, ch=tcfg.ch, ch_mult=ch_mult, num_res_blocks=tcfg.num_res_blocks,
-                         z_channels=z, rngs=rngs, dtype=jnp.dtype(tcfg.get("dtype", "float32")),
-                         norm_groups=tcfg.get("norm_groups", 32))
+                         z_channels=z, rngs=rngs, dtype=jnp.dtype(tcfg.dtype),
+                         norm_groups=tcfg.norm_groups)
 
 
 class TokenizerWithDisc(nnx.Module):
@@ -288,7 +288,7 @@ class TokenizerWithDisc(nnx.Module):
 
 def tokenizer_modality(cfg, registry: Registry | None = None) -> Modality:
     registry = registry or registry_from_config(cfg)
-    name = cfg.tokenizer.get("modality", "")
+    name = cfg.tokenizer.modality
     if not name:
         raise ValueError("tokenizer.modality is not set: pass --config.tokenizer.modality=NAME, one of "
                          + ", ".join(m.name for m in registry.spatial))

@@ -77,12 +77,12 @@ class BackboneTask:
     def make_iterator(self, process_index, process_count, seed):
         if self.cfg.data.source == "synthetic_latents":
             return SyntheticLatents(self.registry, self.cfg.train.global_batch, seed, process_index, process_count,
-                                    num_examples=self.cfg.data.get("num_examples", 256))
+                                    num_examples=self.cfg.data.num_examples)
         from copgen_jax.data import input_pipeline
         files, self.registry = latent_shards(self.cfg.data.shards, self.registry)
         return input_pipeline.make_latent_iterator(self.cfg, self.registry, files, process_index=process_index,
                                          process_count=process_count, seed=seed,
-                                         sample_on=self.cfg.data.get("sample_on", "host"))
+                                         sample_on=self.cfg.data.sample_on)
 
 
 def latent_shards(spec: str, registry: Registry, split: str = "train"):

@@ -31,7 +31,6 @@ import ml_collections
 from copgen_jax import checkpoint, draws, storage
 from copgen_jax.trainers.backbone import BackboneTask
 from copgen_jax.diffusion.schedule import diffusion_loss
-from copgen_jax.defaults import baseline_defaults
 
 BASELINE_DIR = "baseline"
 
@@ -41,8 +40,7 @@ class BaselineTask(BackboneTask):
 
     def __init__(self, cfg, registry=None):
         super().__init__(cfg, registry)
-        self.settings = baseline_defaults()
-        self.settings.update(cfg.get("baseline", {}))
+        self.settings = cfg.baseline
         for name in self.settings.targets:
             self.registry[name]  # an unknown name raises, listing the known ones
 
@@ -88,12 +86,8 @@ def baseline_config(workdir, steps: int) -> ml_collections.ConfigDict:
     Latents come from ``<workdir>/data/latents`` when it exists (the diffusion run's own
     shards, whatever working directory the run was started from), else from the run's config.
     """
-    cfg = checkpoint.load_config(workdir)
-    own = cfg.get("baseline")  # a run configured with its own baseline block keeps it
+    cfg = checkpoint.load_config(workdir)  # the run's own baseline block, over the defaults
     cfg.task = "baseline"
-    cfg.baseline = baseline_defaults()
-    if own:
-        cfg.baseline.update(own)
     cfg.diffusion.modality_dropout = cfg.baseline.condition_dropout  # sampling then drops absent modalities
     latents = storage.path(workdir) / "data" / "latents"
     if cfg.data.source == "shards" and (latents / "manifest.json").exists():
@@ -119,4 +113,4 @@ def train_baseline(workdir, steps: int | None = None) -> str:
 
 
 def is_baseline_run(path) -> bool:
-    return (storage.path(path) / "config.json").exists() and checkpoint.load_config(path).get("task") == "baseline"
+    return (storage.path(path) / "config.json").exists() and checkpoint.load_config(path).task == "baseline"

@@ -34,13 +34,13 @@ def learning_rate_schedule(optim, total_steps: int | None = None):
     reaches ``end_lr`` at its last step whatever ``train.steps`` is overridden to.
     """
     warmup = optax.linear_schedule(0.0, optim.lr, max(optim.warmup_steps, 1))
-    if optim.get("schedule", "warmup_constant") == "polynomial":
-        decay = optim.get("decay_steps", 0)
+    if optim.schedule == "polynomial":
+        decay = optim.decay_steps
         if not decay:
             if total_steps is None:
                 raise ValueError("optim.decay_steps=0 decays to the end of the run: pass its total_steps")
             decay = max(total_steps - optim.warmup_steps, 1)  # a run inside its warm-up never decays
-        after = optax.polynomial_schedule(optim.lr, optim.end_lr, optim.get("power", 1.0), decay)
+        after = optax.polynomial_schedule(optim.lr, optim.end_lr, optim.power, decay)
     else:
         after = optax.constant_schedule(optim.lr)
     return optax.join_schedules([warmup, after], [optim.warmup_steps])
@@ -106,7 +106,7 @@ def ema_rate(optim, step):
     sample worse from their EMA than from their raw weights. Past t = 9 rate / (1 - rate)
     the two agree; ``optim.ema_warmup = False`` gives the release's constant rate.
     """
-    if not optim.get("ema_warmup", True):
+    if not optim.ema_warmup:
         return jnp.float32(optim.ema_rate)
     t = step.astype(jnp.float32)
     return jnp.minimum(optim.ema_rate, (1.0 + t) / (10.0 + t))

@@ -74,7 +74,7 @@ def make_tokenizer(run_dir: str, cfg, steps: int, scale_factor: bool = True) -> 
     if scale_factor and not (storage.path(run_dir) / "scale_factor.json").exists():
         tok = load_tokenizer(run_dir, registry=task.registry)
         it = task.make_iterator(0, 1, cfg.seed)
-        batches = (next(it)["pixels"] for _ in range(cfg.tokenizer.get("scale_factor_batches", 2)))
+        batches = (next(it)["pixels"] for _ in range(cfg.tokenizer.scale_factor_batches))
         write_scale_factor(run_dir, compute_scale_factor(tok, batches, seed=cfg.seed))
 
 

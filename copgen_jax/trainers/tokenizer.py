@@ -45,14 +45,14 @@ class TokenizerTask:
         self.cfg, self.tcfg = cfg, cfg.tokenizer
         self.registry = registry or registry_from_config(cfg)
         self.modality = tokenizer_modality(cfg, self.registry)
-        if self.tcfg.get("perceptual_weight", 0.0):
+        if self.tcfg.perceptual_weight:
             raise ValueError("tokenizer.perceptual_weight > 0 needs LPIPS's pretrained VGG weights, which are not "
                              "available offline; set it to 0 (the default)")
-        layers = self.tcfg.get("disc_layers", 0)
+        layers = self.tcfg.disc_layers
         if layers and self.modality.size < min_input_size(layers):
             raise ValueError(f"{self.modality.name}: {self.modality.size} px is too small for a {layers}-layer "
                              f"discriminator (needs >= {min_input_size(layers)} px); lower tokenizer.disc_layers")
-        choice = self.tcfg.get("categorical_loss", "cross_entropy")
+        choice = self.tcfg.categorical_loss
         if choice not in ("cross_entropy", "regression"):
             raise ValueError(f"tokenizer.categorical_loss={choice!r}: use 'cross_entropy' or 'regression'")
         self.categorical = self.modality.kind == CATEGORICAL
@@ -78,7 +78,7 @@ class TokenizerTask:
         x = _nhwc(batch["pixels"].astype(jnp.float32))
         b = x.shape[0]
         flip_keys, z_keys = draws.split(keys, 2)
-        if self.tcfg.get("hflip", False):
+        if self.tcfg.hflip:
             flip = draws.uniform(flip_keys, (1, 1, 1)) < 0.5
             x = jnp.where(flip, x[:, :, ::-1], x)
         ae = model.autoencoder
@@ -132,11 +132,11 @@ class TokenizerTask:
     # -- data ------------------------------------------------------------------------
     def make_iterator(self, process_index, process_count, seed):
         """Per-process batches ``{"pixels": (B / processes, *pixel_shape)}`` of the tokenizer's modality."""
-        source = self.cfg.data.get("source", "random")
+        source = self.cfg.data.source
         batch = self.cfg.train.global_batch
         if source == "random":
             return RandomPixels(self.modality, batch, seed, process_index, process_count,
-                                num_examples=self.cfg.data.get("num_examples", 256))
+                                num_examples=self.cfg.data.num_examples)
         if source == "shards":
             from copgen_jax.data import input_pipeline
             from copgen_jax.data import shards
@@ -153,7 +153,7 @@ class TokenizerTask:
         pixels = batch["pixels"]
         if isinstance(pixels, jax.Array):
             pixels = pixels.addressable_shards[0].data  # this process's rows; no cross-host gather
-        x = np.asarray(pixels[: self.tcfg.get("preview_count", 4)], np.float32)
+        x = np.asarray(pixels[: self.tcfg.preview_count], np.float32)
         if self._reconstruct is None:
             self._reconstruct = nnx.jit(lambda ae, x: outputs_to_pixels(self.modality, ae(x, sample=False)[0]))
         y = np.asarray(self._reconstruct(model.autoencoder, x))
