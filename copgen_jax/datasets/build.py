@@ -216,15 +216,17 @@ def build(source: str, out: str, registry: Registry, *, root=None, cells=4, obse
     if source == "synthetic":
         info.update(cells=cells, observations=observations, seed=seed, footprints_per_side=footprints_per_side,
                     test_fraction=test_fraction, test_observations=test_observations or observations)
-    if fmt == "tfds":
-        from copgen_jax.datasets import tfds_builder
-        return tfds_builder.build(out, registry, units, read_unit, name=dataset_name(source),
-                                  units_per_shard=cells_per_shard, info=info, beam_runner=beam_runner,
-                                  progress=progress)
-    if fmt != "tfrecord":
+    if fmt not in ("tfrecord", "tfds"):
         raise ValueError(f"--format must be 'tfrecord' or 'tfds', got {fmt!r}")
+    executor = None
+    if fmt == "tfds":  # the same writer, run by Apache Beam's workers
+        import functools
+
+        from copgen_jax.datasets import tfds_builder
+        executor = functools.partial(tfds_builder.on_beam, beam_runner=beam_runner)
     manifest = build_pixel_shards(out, registry, units, read_unit, name=dataset_name(source),
-                                  units_per_shard=cells_per_shard, workers=workers, source=info, progress=progress)
+                                  units_per_shard=cells_per_shard, workers=workers, source=info, progress=progress,
+                                  executor=executor)
     return out, manifest
 
 

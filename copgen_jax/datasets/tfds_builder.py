@@ -1,6 +1,6 @@
 """Pixel shards built on Apache Beam: the shard writer of ``copgen_jax.data.shards``, run by Beam's workers.
 
-Needs ``apache-beam`` (the ``build`` extra); training and sampling never import
+Needs ``apache-beam`` (the ``beam`` extra); training and sampling never import
 this module. ``python -m copgen_jax.datasets.build --format=tfds`` uses it; the
 default ``--format=tfrecord`` runs the same writer in local processes.
 
@@ -17,9 +17,7 @@ reads it, and so do ``tf.data`` and Grain.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
-
-from copgen_jax.modalities import Registry
+from typing import Callable, Sequence
 
 
 def on_beam(build_group: Callable, jobs: Sequence, *, beam_runner: str = "DirectRunner",
@@ -36,16 +34,3 @@ def on_beam(build_group: Callable, jobs: Sequence, *, beam_runner: str = "Direct
              | "groups" >> beam.Create(list(jobs), reshuffle=True)
              | "build" >> beam.MapTuple(lambda g, units: build_group(g, units)["group"]))
 
-
-def build(out: str, registry: Registry, units: Sequence, read_unit: Callable[[Any], Iterable[dict]], *,
-          name: str, units_per_shard: int = 1, info: dict | None = None, beam_runner: str = "DirectRunner",
-          beam_args: Sequence[str] = (), progress: bool = True) -> tuple[str, dict]:
-    """Build ``units`` into ``out`` on Beam; returns (dataset directory, manifest)."""
-    import functools
-
-    from copgen_jax.datasets.build import build_pixel_shards
-
-    executor = functools.partial(on_beam, beam_runner=beam_runner, beam_args=beam_args)
-    manifest = build_pixel_shards(out, registry, units, read_unit, name=name, units_per_shard=units_per_shard,
-                                  source=info, progress=progress, executor=executor)
-    return out, manifest

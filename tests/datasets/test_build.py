@@ -167,14 +167,14 @@ def test_an_executor_builds_the_same_set(tmp_path):
 
 
 def test_beam_builds_the_same_set(tmp_path):
-    """``--format=tfds``: the shard writer run by Apache Beam (the `build` extra) gives the same files."""
+    """``--format=tfds``: the shard writer run by Apache Beam (the `beam` extra) gives the same files."""
     pytest.importorskip("apache_beam")
     from copgen_jax.datasets import tfds_builder
 
     pure = _build(tmp_path / "pure")
-    directory, manifest = tfds_builder.build(str(tmp_path / "beam"), REG, ["c0", "c1", "c2"], footprints,
-                                             name="copgen_test", progress=False)
-    assert directory == str(tmp_path / "beam") and manifest["records"] == pure["records"] == {"train": 8, "test": 4}
+    manifest = build.build_pixel_shards(str(tmp_path / "beam"), REG, ["c0", "c1", "c2"], footprints,
+                                        name="copgen_test", progress=False, executor=tfds_builder.on_beam)
+    assert manifest["records"] == pure["records"] == {"train": 8, "test": 4}
     _same_set(tmp_path / "pure", pure, tmp_path / "beam", manifest)
 
 
