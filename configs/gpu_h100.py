@@ -16,7 +16,6 @@ def get_config():
     c.model.dtype = "bfloat16"  # compute; master weights stay fp32
     c.model.remat_policy = "full"
     c.model.scan_blocks = True
-    c.train.global_batch = 512
     c.data.source = "shards"
     c.data.shards = "/shared/copgen/latents"
     c.data.num_workers = 8

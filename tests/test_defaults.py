@@ -149,6 +149,7 @@ def test_no_config_is_read_with_a_fallback():
 
 
 def test_the_tokenizer_flips_as_the_defaults_say():
+    from copgen_jax import draws
     from copgen_jax.latents.store import build_model
     from copgen_jax.trainers.tokenizer import TokenizerTask
     cfg = config("tokenizer_test")
@@ -162,7 +163,7 @@ def test_the_tokenizer_flips_as_the_defaults_say():
 
     def loss(hflip):
         cfg.tokenizer.hflip = hflip
-        return float(task.loss(model, batch, jax.random.key(1), jax.numpy.int32(0))[0])
+        return float(task.loss(model, batch, draws.example_keys(jax.random.key(1), 4), jax.numpy.int32(0))[0])
 
     # The default flips (some of) the batch: its loss differs from the unflipped one on the same draws.
     assert loss(True) != loss(False)
