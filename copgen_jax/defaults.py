@@ -39,8 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
     # the block is recomputed), "dots" / "dots_no_batch" (matmul outputs). See models/backbone.py.
     c.model.remat_policy = "none"
     c.model.scan_blocks = False  # lax.scan over each half's stacked blocks: HLO and compile time flat in depth
-    # Attention core (models/attention.py): "auto" (splash on TPU, cuDNN on GPU in bf16, chunked
-    # elsewhere), "xla" (whole L x L logits), "chunked", "dot_product" or "splash".
+    # Attention core (models/attention.py): "auto" (splash on TPU, cuDNN on GPU in bf16, elsewhere
+    # whole logits while small, chunked when large), "xla", "chunked", "dot_product" or "splash".
     c.model.attention = "auto"
     c.model.pos_init = "random"  # positional table's start; "ground": + a 2-D code shared by all modalities
     # > 0: attention logits minus a learned per-head slope (starting at this value, halving per

@@ -70,10 +70,12 @@ def test_chunked_keeps_chunks_not_the_whole_logits():
 def test_auto_picks_per_platform():
     bf16 = jnp.bfloat16
     assert attention.resolve("auto", platform="tpu", dtype=bf16, has_bias=False) == "splash"
-    assert attention.resolve("auto", platform="tpu", dtype=bf16, has_bias=True) == "chunked"
+    big = attention.XLA_LOGITS_BYTES + 1
+    assert attention.resolve("auto", platform="tpu", dtype=bf16, has_bias=True, logits_bytes=big) == "chunked"
     assert attention.resolve("auto", platform="gpu", dtype=bf16, has_bias=False) == "dot_product"
-    assert attention.resolve("auto", platform="gpu", dtype=jnp.float32, has_bias=False) == "chunked"
-    assert attention.resolve("auto", platform="cpu", dtype=jnp.float32, has_bias=False) == "chunked"
+    assert attention.resolve("auto", platform="gpu", dtype=jnp.float32, has_bias=False, logits_bytes=big) == "chunked"
+    assert attention.resolve("auto", platform="cpu", dtype=jnp.float32, has_bias=False, logits_bytes=big) == "chunked"
+    assert attention.resolve("auto", platform="cpu", dtype=jnp.float32, has_bias=True) == "xla"  # small logits
     with pytest.raises(ValueError, match="takes no ground bias"):
         attention.resolve("splash", platform="tpu", dtype=bf16, has_bias=True)
     with pytest.raises(ValueError, match="use one of"):
