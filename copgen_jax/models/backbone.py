@@ -27,7 +27,7 @@ from flax import nnx
 from copgen_jax import parallel
 from copgen_jax.modalities import Modality, Registry
 from copgen_jax.models import attention
-from copgen_jax.models.layers import Dense, LayerNorm, param, torch_uniform, trunc_normal, zeros
+from copgen_jax.models.layers import dense, layer_norm, param, torch_uniform, trunc_normal, zeros
 
 class Attention(nnx.Module):
     """Multi-head self-attention; fused qkv without bias, projection with bias.
@@ -62,8 +62,8 @@ class Attention(nnx.Module):
 
 class Mlp(nnx.Module):
     def __init__(self, dim, hidden, rngs, dtype):
-        self.fc1 = Dense(dim, hidden, ("embed", "mlp"), rngs, dtype=dtype)
-        self.fc2 = Dense(hidden, dim, ("mlp", "embed"), rngs, dtype=dtype)
+        self.fc1 = dense(dim, hidden, ("embed", "mlp"), rngs, dtype=dtype)
+        self.fc2 = dense(hidden, dim, ("mlp", "embed"), rngs, dtype=dtype)
 
     def __call__(self, x):
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
@@ -75,13 +75,13 @@ class Block(nnx.Module):
     def __init__(self, dim, heads, mlp_ratio, rngs, *, skip=False, dtype=jnp.float32,
                  attention_dtype=jnp.float32, ground_bias=0.0, attention_impl="auto"):
         if skip:
-            self.skip_linear = Dense(2 * dim, dim, (None, "embed"), rngs, dtype=dtype)
-            self.norm1 = LayerNorm(dim, rngs)
+            self.skip_linear = dense(2 * dim, dim, (None, "embed"), rngs, dtype=dtype)
+            self.norm1 = layer_norm(dim, rngs, dtype=dtype)
         else:
             self.skip_linear = self.norm1 = None
-        self.norm2 = LayerNorm(dim, rngs)
+        self.norm2 = layer_norm(dim, rngs, dtype=dtype)
         self.attn = Attention(dim, heads, rngs, dtype, attention_dtype, ground_bias, attention_impl)
-        self.norm3 = LayerNorm(dim, rngs)
+        self.norm3 = layer_norm(dim, rngs, dtype=dtype)
         self.mlp = Mlp(dim, dim * mlp_ratio, rngs, dtype)
 
     def __call__(self, x, key_mask, skip=None, distance=None):
@@ -194,13 +194,13 @@ class UViT(nnx.Module):
         self.pos_embed = param(rngs, _pos_init(pos_init, registry, hidden), (1, registry.num_tokens, hidden),
                                 (None, "tokens", "embed"))
         self.patch_embeds = nnx.List([
-            Dense(m.patch_dim, hidden, ("patch", "embed"), rngs, init=torch_uniform(m.patch_dim),
+            dense(m.patch_dim, hidden, ("patch", "embed"), rngs, init=torch_uniform(m.patch_dim),
                   bias_init=torch_uniform(m.patch_dim), dtype=dtype) for m in registry])
         self.in_blocks = nnx.List([block() for _ in range(depth // 2)])
         self.mid_block = block()
         self.out_blocks = nnx.List([block(skip=True) for _ in range(depth // 2)])
-        self.norm = LayerNorm(hidden, rngs)
-        self.decoder_preds = nnx.List([Dense(hidden, m.patch_dim, ("embed", "patch"), rngs, dtype=dtype)
+        self.norm = layer_norm(hidden, rngs, dtype=dtype)
+        self.decoder_preds = nnx.List([dense(hidden, m.patch_dim, ("embed", "patch"), rngs, dtype=dtype)
                                        for m in registry])
 
     # -- sequence layout -------------------------------------------------------

@@ -37,34 +37,21 @@ def torch_uniform(fan_in):
     return init
 
 
-class Dense(nnx.Module):
-    """y = x W + b with logical axes on W; params fp32, compute in ``dtype``."""
-
-    def __init__(self, din, dout, axes, rngs, *, bias=True, init=trunc_normal, bias_init=zeros,
-                 dtype=jnp.float32):
-        self.kernel = param(rngs, init, (din, dout), axes)
-        self.bias = param(rngs, bias_init, (dout,), axes[1:]) if bias else None
-        self.dtype = dtype
-
-    def __call__(self, x):
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
-        return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
+def dense(din, dout, axes, rngs, *, bias=True, init=trunc_normal, bias_init=zeros, dtype=jnp.float32) -> nnx.Linear:
+    """``nnx.Linear`` (y = x W + b) with logical ``axes`` on W and the output axis on b; fp32
+    parameters, compute in ``dtype``. Its ``kernel`` / ``bias`` are the release's Linear weight
+    transposed and its bias (``copgen_jax.convert``)."""
+    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
+                      kernel_init=nnx.with_partitioning(init, axes),
+                      bias_init=nnx.with_partitioning(bias_init, axes[1:]), rngs=rngs)
 
 
-class LayerNorm(nnx.Module):
-    """LayerNorm (eps 1e-5) whose statistics are always taken in fp32."""
-
-    def __init__(self, dim, rngs, eps=1e-5):
-        self.scale = param(rngs, ones, (dim,), ("norm",))
-        self.bias = param(rngs, zeros, (dim,), ("norm",))
-        self.eps = eps
-
-    def __call__(self, x):
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-        return y.astype(x.dtype)
+def layer_norm(dim, rngs, *, dtype=jnp.float32, eps=1e-5) -> nnx.LayerNorm:
+    """``nnx.LayerNorm`` as PyTorch's (eps 1e-5, variance of the centred input), statistics in
+    fp32 whatever the compute ``dtype``; ``scale`` / ``bias`` carry the logical axis ``norm``."""
+    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False,
+                         scale_init=nnx.with_partitioning(ones, ("norm",)),
+                         bias_init=nnx.with_partitioning(zeros, ("norm",)), rngs=rngs)
 
 
 class Conv(nnx.Module):
