@@ -12,7 +12,6 @@ it ignores the conditions, whatever its samples look like. Dropping is how runs 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 
+from copgen_jax import flagparse  # noqa: E402
 from copgen_jax.evaluate.demo_report import parse_task  # noqa: E402
 from copgen_jax.data.footprints import read_footprints  # noqa: E402
 from copgen_jax.inference.copgen import CopGen  # noqa: E402
@@ -62,19 +63,22 @@ def x0_r2(cg: CopGen, latents: dict, generated, given, n: int, seed: int) -> dic
     return scores
 
 
+FLAGS = flagparse.new()
+flags.DEFINE_string("workdir", None, "a finished pipeline run", flag_values=FLAGS)
+flags.DEFINE_string("task", None, "'given+given->generated', e.g. 'DEM_DEM->LULC_LULC'", flag_values=FLAGS)
+flags.DEFINE_string("pixels", None, "pixel shard set (default WORKDIR/data/pixels)", flag_values=FLAGS)
+flags.DEFINE_string("split", "test", "held-out split", flag_values=FLAGS)
+# Records come cell by cell: a prefix covers few held-out cells, and R² over few cells
+# measures little (the demo's first 96 of 208 test records, 6 of 13 cells, hid a gain of 0.06).
+flags.DEFINE_integer("records", 0, "first N held-out records (default 0: all)", flag_values=FLAGS)
+flags.DEFINE_string("timesteps", "200,500,800,1000", "comma-separated timesteps", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "encoding and noise seed", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "JSON path (default WORKDIR/eval/conditioning.json)", flag_values=FLAGS)
+flags.mark_flags_as_required(["workdir", "task"], flag_values=FLAGS)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--task", required=True, help="'given+given->generated', e.g. 'DEM_DEM->LULC_LULC'")
-    p.add_argument("--pixels", default=None, help="pixel shard set (default WORKDIR/data/pixels)")
-    p.add_argument("--split", default="test")
-    # Records come cell by cell: a prefix covers few held-out cells, and R² over few cells
-    # measures little (the demo's first 96 of 208 test records, 6 of 13 cells, hid a gain of 0.06).
-    p.add_argument("--records", type=int, default=0, help="first N held-out records (default 0: all)")
-    p.add_argument("--timesteps", default="200,500,800,1000")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval/conditioning.json)")
-    args = p.parse_args(argv)
+    args = flagparse.parse(FLAGS, argv, prog="benchmarks/conditioning.py", description=__doc__.split("\n")[0])
     given, generated = parse_task(args.task)
     cg = CopGen.load(args.workdir)
     physical = held_out(cg, args.pixels or os.path.join(args.workdir, "data", "pixels"), given + generated,

@@ -13,22 +13,25 @@ which CRPS and interval coverage penalise when the samples were not too wide.
 """
 from __future__ import annotations
 
-import argparse
+from absl import flags
 
 from solvers import compare  # puts the repository on sys.path
 
-from copgen_jax import checkpoint  # noqa: E402
+from copgen_jax import checkpoint, flagparse  # noqa: E402
+
+
+FLAGS = flagparse.new()
+flags.DEFINE_string("workdir", None, "a finished pipeline run (configs/demo.py)", flag_values=FLAGS)
+flags.DEFINE_string("weights", "0,1,1.5,2,3", "comma-separated guidance weights (0: the conditions ignored)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("footprints", 0, "held-out places per task (0 = all)", flag_values=FLAGS)
+flags.DEFINE_integer("n_samples", 4, "samples per footprint", flag_values=FLAGS)
+flags.DEFINE_string("out", "benchmarks/results/guidance.json", "JSON path", flag_values=FLAGS)
+flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="a finished pipeline run (configs/demo.py)")
-    parser.add_argument("--weights", default="0,1,1.5,2,3",
-                        help="comma-separated guidance weights (0: the conditions ignored)")
-    parser.add_argument("--footprints", type=int, default=0, help="held-out places per task (0 = all)")
-    parser.add_argument("--n_samples", type=int, default=4)
-    parser.add_argument("--out", default="benchmarks/results/guidance.json")
-    args = parser.parse_args(argv)
+    args = flagparse.parse(FLAGS, argv, prog="benchmarks/guidance.py", description=__doc__.splitlines()[0])
     weights = [float(w) for w in args.weights.split(",")]
     if any(w < 0 for w in weights):
         raise SystemExit(f"--weights={args.weights}: guidance weights are >= 0 (1 = no guidance)")

@@ -15,7 +15,6 @@ as well as the best of these; where they reach ~0 the latents carry no relation 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,8 +25,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from absl import flags  # noqa: E402
 
-from copgen_jax import checkpoint  # noqa: E402
+from copgen_jax import checkpoint, flagparse  # noqa: E402
 from copgen_jax.data import input_pipeline
 from copgen_jax.data import tfrecord
 from copgen_jax.trainers.backbone import latent_shards  # noqa: E402
@@ -148,16 +148,19 @@ def relation(train, test, *, mlp_steps=2000) -> dict:
             "train_records": len(y_tr), "test_records": len(y_te)}
 
 
+FLAGS = flagparse.new()
+flags.DEFINE_string("workdir", None, "a run whose data/latents holds latent shards", flag_values=FLAGS)
+flags.DEFINE_string("pairs", "LULC_LULC->S2L2A_B02_B03_B04_B08,S2L2A_B02_B03_B04_B08->LULC_LULC,"
+                             "DEM_DEM->LULC_LULC,3d_cartesian_lat_lon+DEM_DEM->LULC_LULC",
+                    "comma-separated source[+source...]->target", flag_values=FLAGS)
+flags.DEFINE_string("split", "test", "held-out split", flag_values=FLAGS)
+flags.DEFINE_integer("mlp-steps", 2000, "training steps of the MLP probe", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "JSON path (default WORKDIR/eval/latent_relations.json)", flag_values=FLAGS)
+flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, help="a run whose data/latents holds latent shards")
-    p.add_argument("--pairs", default="LULC_LULC->S2L2A_B02_B03_B04_B08,S2L2A_B02_B03_B04_B08->LULC_LULC,"
-                                       "DEM_DEM->LULC_LULC,3d_cartesian_lat_lon+DEM_DEM->LULC_LULC",
-                   help="comma-separated source[+source...]->target")
-    p.add_argument("--split", default="test")
-    p.add_argument("--mlp-steps", type=int, default=2000)
-    p.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval/latent_relations.json)")
-    args = p.parse_args(argv)
+    args = flagparse.parse(FLAGS, argv, prog="benchmarks/latent_relations.py", description=__doc__.split("\n")[0])
     registry = registry_from_config(checkpoint.load_config(args.workdir))
     latents = os.path.join(args.workdir, "data", "latents")
     rows = []

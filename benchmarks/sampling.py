@@ -13,7 +13,6 @@ tiny autoencoders; otherwise the official 83.7 M-parameter layout).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -27,9 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from copgen_jax import pipeline  # noqa: E402
+from copgen_jax import flagparse, pipeline  # noqa: E402
 from copgen_jax.inference.copgen import CopGen  # noqa: E402
 from copgen_jax.models.backbone import backbone_from_config  # noqa: E402
 from copgen_jax.models.tokenizer import autoencoder_from_config  # noqa: E402
@@ -128,15 +128,17 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
+FLAGS = flagparse.new()
+flags.DEFINE_string("configs", "demo,base", "comma-separated names of configs/*.py", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 0, "network evaluations per sample (default: 50 demo, 2 otherwise)", flag_values=FLAGS)
+flags.DEFINE_integer("n-samples", 0, "samples per call (default: 4 demo, 1 otherwise)", flag_values=FLAGS)
+flags.DEFINE_integer("reps", 3, "timed forward passes (after a warm-up)", flag_values=FLAGS)
+flags.DEFINE_integer("sample-reps", 3, "timed generate() calls (after a warm-up)", flag_values=FLAGS)
+flags.DEFINE_string("out", "benchmarks/results/sampling.json", "JSON path", flag_values=FLAGS)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", default="demo,base")
-    p.add_argument("--steps", type=int, default=0, help="network evaluations per sample (default: 50 demo, 2 otherwise)")
-    p.add_argument("--n-samples", type=int, default=0, help="samples per call (default: 4 demo, 1 otherwise)")
-    p.add_argument("--reps", type=int, default=3, help="timed forward passes (after a warm-up)")
-    p.add_argument("--sample-reps", type=int, default=3, help="timed generate() calls (after a warm-up)")
-    p.add_argument("--out", default="benchmarks/results/sampling.json")
-    args = p.parse_args(argv)
+    args = flagparse.parse(FLAGS, argv, prog="benchmarks/sampling.py", description=__doc__.split("\n\n")[0])
     results = [bench(name, args) for name in args.configs.split(",")]
     print(table(results))
     meta = {"devices": [str(d) for d in jax.devices()], "platform": platform.platform(), "cpus": os.cpu_count(),

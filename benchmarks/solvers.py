@@ -12,7 +12,6 @@ the spread between two DDIM-50 runs with different seeds.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -21,7 +20,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from copgen_jax import checkpoint  # noqa: E402
+from absl import flags  # noqa: E402
+
+from copgen_jax import checkpoint, flagparse  # noqa: E402
 from copgen_jax.evaluate import demo_report
 from copgen_jax.data.footprints import by_location, read_footprints  # noqa: E402
 
@@ -98,11 +99,14 @@ def compare(workdir: str, overrides_by_label: dict, out: str, **described) -> in
     return 0
 
 
+FLAGS = flagparse.new()
+flags.DEFINE_string("workdir", None, "a finished pipeline run (configs/demo.py)", flag_values=FLAGS)
+flags.DEFINE_string("out", "benchmarks/results/solvers.json", "JSON path", flag_values=FLAGS)
+flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="a finished pipeline run (configs/demo.py)")
-    parser.add_argument("--out", default="benchmarks/results/solvers.json")
-    args = parser.parse_args(argv)
+    args = flagparse.parse(FLAGS, argv, prog="benchmarks/solvers.py", description=__doc__.splitlines()[0])
     p = checkpoint.load_config(args.workdir).pipeline
     settings = {label: dict(sampler=sampler, sample_steps=steps, seed=seed) for label, sampler, steps, seed in SETTINGS}
     return compare(args.workdir, settings, args.out,
