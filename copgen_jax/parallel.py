@@ -172,8 +172,7 @@ def abstract_model(ctor, mesh: Mesh | None = None, rules=()):
 
 def param_shardings(model, mesh: Mesh, rules):
     """NamedSharding of every parameter under ``rules``."""
-    with flax_spmd.logical_axis_rules(rules):
-        return nnx.get_named_sharding(nnx.state(model, nnx.Param), mesh)
+    return state_shardings(nnx.state(model, nnx.Param), mesh, rules)
 
 
 def abstract_mesh(cfg_mesh, num_devices: int | None = None) -> jax.sharding.AbstractMesh:

@@ -139,15 +139,14 @@ class Trainer:
         self.cfg, self.task = cfg, task
         self.mesh = mesh or parallel.make_mesh(cfg.mesh)
         self.rules = parallel.rules_from_config(cfg.mesh)
-        self.microbatches = cfg.train.microbatches
-        parallel.check_batch(cfg.train.global_batch, self.mesh, self.microbatches)
+        parallel.check_batch(cfg.train.global_batch, self.mesh, cfg.train.microbatches)
         self.tx, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         ctor = lambda: TrainState(task.create_model(nnx.Rngs(cfg.seed)), self.tx)  # noqa: E731
         build = parallel.abstract_model if abstract else parallel.create_sharded
         self.state = build(ctor, self.mesh, self.rules)
         self.graphdef, state = nnx.split(self.state)
         self.shardings = parallel.state_shardings(state, self.mesh, self.rules)
-        self.grad_shardings = parallel.state_shardings(nnx.state(self.state.model, nnx.Param), self.mesh, self.rules)
+        self.grad_shardings = parallel.param_shardings(self.state.model, self.mesh, self.rules)
         self._step = jax.jit(self._pure_step, in_shardings=(self.shardings, None, None),
                              out_shardings=(self.shardings, None), donate_argnums=0)
 
