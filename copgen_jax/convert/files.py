@@ -8,6 +8,7 @@ Converted tokenizers go to ``DIR/tokenizers/<modality>/`` in the same layout.
 from __future__ import annotations
 
 import json
+from typing import Mapping
 
 import jax
 import numpy as np
@@ -39,8 +40,10 @@ def _record(out: epath.Path, label: str, source: epath.Path) -> None:
     tmp.replace(out / MANIFEST)
 
 
-def convert_files(cfg, backbone: str | None, tokenizers: str | None, out: str) -> None:
+def convert_files(cfg, backbone: str | None, tokenizers: str | Mapping[str, str] | None, out: str) -> None:
     """Check every file first (all problems at once), then convert and write them one by one.
+
+    ``tokenizers`` is a directory of per-modality autoencoders or a {modality: file} mapping.
 
     ``out/conversion.json`` records what is done, so an interrupted conversion
     resumes where it stopped when run again with the same files.

@@ -204,10 +204,15 @@ def write_tokenizer_run(run_dir, tcfg_full, modality: Modality, params: Mapping)
 
 
 def tokenizer_jobs(cfg, root, out, names=None) -> list[Job]:
-    """One job per image modality's autoencoder under ``root``, into ``out/tokenizers/<modality>/``."""
+    """One job per image modality's autoencoder, into ``out/tokenizers/<modality>/``.
+
+    ``root`` is a directory searched by ``find_tokenizer_files`` or a {modality: file} mapping.
+    """
     registry = registry_from_config(cfg)
+    files = ({name: epath.Path(path) for name, path in root.items()} if isinstance(root, Mapping)
+             else find_tokenizer_files(registry, root, names))
     jobs = []
-    for name, path in find_tokenizer_files(registry, root, names).items():
+    for name, path in files.items():
         m = registry[name]
         run_cfg, target = tokenizer_run_config(cfg, m), epath.Path(out) / "tokenizers" / name
         jobs.append(Job(f"tokenizer {name}", path, target,
