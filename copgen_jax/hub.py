@@ -112,22 +112,22 @@ def snapshot(repo: str, revision: str = "main", *, repo_type: str = "model",
     return Snapshot(repo, revision, commit, path)
 
 
-def unzip_once(snapshot_: Snapshot, into: str | None = None) -> epath.Path:
+def unzip_once(snapshot_: Snapshot, into) -> epath.Path:
     """The snapshot's folders, with each ``*.zip`` at its top extracted beside them (once).
 
     The release ships some datasets as zip archives of ``Core-*`` folders. Archives are
-    extracted into ``into`` (default: ``<cache>/extracted/<commit>``), each marked done only
-    when complete, so an interrupted extraction starts that archive again. A snapshot without
-    archives is returned as it is.
+    extracted into ``into`` (outside the Hugging Face cache, which holds only what it
+    downloaded), each marked done only when complete, so an interrupted extraction starts
+    that archive again. A snapshot without archives is returned as it is.
     """
     archives = snapshot_.glob("*.zip")
     if not archives:
         return snapshot_.path
-    out = epath.Path(into) if into else snapshot_.path.parent.parent / "extracted" / snapshot_.commit
+    out = epath.Path(into)
     out.mkdir(parents=True, exist_ok=True)
     for archive in archives:
         done = out / f".{archive.name}.done"
-        if done.exists():
+        if done.exists() and done.read_text() == snapshot_.commit:
             continue
         try:
             with zipfile.ZipFile(archive) as z:
