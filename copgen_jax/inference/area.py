@@ -1,0 +1,424 @@
+"""Generation over an area of any extent: overlapping footprint windows fused at every step.
+
+``generate_area(model, generate, conditions, ...)`` takes condition GeoTIFFs larger than one
+footprint and returns the requested modalities over their common extent, at each modality's
+native resolution, on one grid:
+
+* **Grid.** The conditions' intersection, in the first file's (metric) CRS, snapped to that
+  file's pixel grid and trimmed to a whole number of *quanta*: the smallest distance on which
+  the latent grids of every spatial modality line up (``lcm(gsd x downsample)``: 480 m for the
+  official registry). Each condition is read onto it at its modality's GSD with
+  ``rasterio.warp.reproject`` (the resampling is named in the outputs' tags).
+* **Windows.** Footprints (``size x gsd``, 1920 m) every ``footprint - overlap`` metres, the
+  last row and column pulled back inside the area; offsets are whole quanta, so a window's
+  latents are an exact slice of the area's latent canvas.
+* **Fusion** ``"step"`` (MultiDiffusion): the sampler runs on the area's latent canvas; at each
+  step every window sees its slice, the network's ε predictions are averaged where windows
+  overlap, and the solver updates the canvas. Samples are one coherent image, not tiles.
+  ``"none"``: every window sampled on its own (naive tiling, for comparison).
+* Windows go through the network ``window_batch`` at a time (rows sharded over the mesh's batch
+  axes), so memory is bounded by the window batch, not by the area. Decoded windows are blended
+  with tent weights (their decoders see one footprint each, as in training).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import rasterio
+from affine import Affine
+from flax import nnx
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.warp import reproject, transform_bounds
+from rasterio.warp import transform as warp_transform
+
+from copgen_jax import parallel, storage
+from copgen_jax.diffusion import samplers
+from copgen_jax.inference import geo
+from copgen_jax.inference.stats import sample_stats
+from copgen_jax.codecs import LatLon
+from copgen_jax.modalities import CATEGORICAL, Modality, ModalityError
+
+FUSIONS = ("step", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class AreaGrid:
+    """A north-up area: CRS, top-left corner, extent in metres (whole quanta)."""
+
+    crs: CRS
+    x0: float
+    y0: float
+    width: float
+    height: float
+
+    def transform_for(self, gsd: float) -> Affine:
+        return Affine(gsd, 0.0, self.x0, 0.0, -gsd, self.y0)
+
+    def shape_for(self, gsd: float) -> tuple[int, int]:
+        return int(round(self.height / gsd)), int(round(self.width / gsd))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Window offsets (metres from the area's corner, (row, col) = (down, right)) and the footprint side."""
+
+    offsets: np.ndarray  # (W, 2) float
+    side: float
+
+    def pixels(self, step: float) -> np.ndarray:
+        """Offsets in units of ``step`` metres (a pixel or latent pixel), int32."""
+        return np.rint(self.offsets / step).astype(np.int32)
+
+
+def quantum(modalities: Sequence[Modality]) -> float:
+    """The smallest distance (m) that is a whole number of latent pixels of every modality."""
+    steps = [round(m.gsd * m.downsample * 1000) for m in modalities]  # millimetres: exact integers
+    return math.lcm(*steps) / 1000.0
+
+
+def positions(extent: float, side: float, stride: float, q: float) -> list[float]:
+    """Window starts along one axis: every ``stride``, the last pulled back to end at ``extent``."""
+    n = int(round(extent / q))
+    s, f = int(round(stride / q)), int(round(side / q))
+    starts = list(range(0, max(n - f, 0) + 1, s))
+    if starts[-1] + f < n:
+        starts.append(n - f)
+    return [a * q for a in starts]
+
+
+def window_layout(grid: AreaGrid, side: float, overlap: float, q: float) -> Layout:
+    if overlap < 0 or overlap >= side:
+        raise ValueError(f"overlap must lie in [0, {side:g}) m (one footprint), got {overlap:g}")
+    stride = side - round(overlap / q) * q
+    rows, cols = positions(grid.height, side, stride, q), positions(grid.width, side, stride, q)
+    return Layout(np.array([(r, c) for r in rows for c in cols], np.float64), side)
+
+
+# -- reading conditions onto the area ---------------------------------------------------------
+def _bounds(path) -> tuple[CRS, tuple, Affine]:
+    with rasterio.open(path) as src:
+        if src.crs is None:
+            raise ModalityError(f"{path}: no CRS; an area needs georeferenced conditions")
+        return src.crs, src.bounds, src.transform
+
+
+def area_grid(paths: Mapping[str, str], side: float, q: float) -> AreaGrid:
+    """The conditions' common extent in the first file's CRS, on its pixel grid, in whole quanta."""
+    first = next(iter(paths.values()))
+    crs, _, ref = _bounds(first)
+    if not crs.is_projected:
+        raise ModalityError(f"{first}: CRS {crs.to_string()} is geographic; an area needs a metric CRS "
+                            "(reproject it to its UTM zone, e.g. gdalwarp -t_srs EPSG:326xx)")
+    boxes = {p: transform_bounds(c, crs, *b) for p, (c, b, _) in ((p, _bounds(p)) for p in paths.values())}
+    left, bottom = max(b[0] for b in boxes.values()), max(b[1] for b in boxes.values())
+    right, top = min(b[2] for b in boxes.values()), min(b[3] for b in boxes.values())
+    if right <= left or top <= bottom:
+        raise ModalityError("the conditions do not overlap: " + "; ".join(
+            f"{p} covers {tuple(round(v) for v in b)}" for p, b in boxes.items()) + f" in {crs.to_string()}")
+    gsd = abs(ref.a)
+    x0 = ref.c + math.ceil((left - ref.c) / gsd - 1e-6) * gsd  # snapped onto the first file's pixel grid
+    y0 = ref.f - math.ceil((ref.f - top) / gsd - 1e-6) * gsd
+    width, height = math.floor((right - x0) / q + 1e-6) * q, math.floor((y0 - bottom) / q + 1e-6) * q
+    if width < side or height < side:
+        small = min(boxes, key=lambda p: min(boxes[p][2] - boxes[p][0], boxes[p][3] - boxes[p][1]))
+        raise ModalityError(f"the conditions' common extent is {right - left:.0f} x {top - bottom:.0f} m, less than "
+                            f"one {side:g} m footprint (smallest: {small}); give rasters covering at least one")
+    return AreaGrid(crs, x0, y0, width, height)
+
+
+def _resampling(m: Modality, src_gsd: float) -> Resampling:
+    coarser = m.gsd > src_gsd * (1 + 1e-6)
+    if m.kind == CATEGORICAL:
+        return Resampling.mode if coarser else Resampling.nearest
+    return Resampling.average if coarser else Resampling.bilinear
+
+
+def read_area(path, m: Modality, grid: AreaGrid) -> tuple[np.ndarray, str]:
+    """A condition GeoTIFF on the area at ``m``'s GSD: physical (bands, H, W), and the resampling used."""
+    h, w = grid.shape_for(m.gsd)
+    with rasterio.open(path) as src:
+        order = geo._band_order(src, m, str(path))
+        src_gsd = abs(transform_bounds(src.crs, grid.crs, *src.bounds)[2]
+                      - transform_bounds(src.crs, grid.crs, *src.bounds)[0]) / src.width
+        method = _resampling(m, src_gsd)
+        out = np.full((len(order), h, w), np.nan, np.float32)
+        for i, band in enumerate(order):
+            reproject(rasterio.band(src, band), out[i], src_nodata=src.nodata, dst_transform=grid.transform_for(m.gsd),
+                      dst_crs=grid.crs, dst_nodata=np.nan, resampling=method)
+    invalid = ~np.isfinite(out)
+    return geo._fill_invalid(m, out.astype(np.float64), invalid, str(path), "fill"), method.name
+
+
+def window_latlon(grid: AreaGrid, layout: Layout) -> np.ndarray:
+    """(W, 2) (lat, lon) of every window's centre."""
+    xs = grid.x0 + layout.offsets[:, 1] + layout.side / 2
+    ys = grid.y0 - layout.offsets[:, 0] - layout.side / 2
+    lon, lat = warp_transform(grid.crs, "EPSG:4326", list(xs), list(ys))
+    return np.stack([lat, lon], 1)
+
+
+# -- the result -------------------------------------------------------------------------------
+@dataclasses.dataclass
+class AreaGeneration:
+    """samples: name -> (N, *bands, H, W) physical over the area; stats as ``sample_stats`` (N axis reduced)."""
+
+    samples: dict
+    stats: dict
+    grid: AreaGrid
+    layout: Layout
+    registry: object
+    seed: int
+    settings: dict
+
+    def __getitem__(self, name):
+        return self.samples[name]
+
+    def transform_for(self, name) -> Affine:
+        return self.grid.transform_for(self.registry[name].gsd)
+
+
+def write_area(out_dir, result: AreaGeneration) -> list[str]:
+    """``<out>/<modality>/sample_<j>.tif`` and ``<stat>.tif`` over the area, at native resolution."""
+    written = []
+    tags = {k: str(v) for k, v in result.settings.items()}
+    for name, samples in result.samples.items():
+        m = result.registry[name]
+        transform = result.transform_for(name)
+        folder = storage.path(out_dir) / name
+        items = [(f"sample_{j:03d}", s, m.bands) for j, s in enumerate(samples)]
+        for stat, value in result.stats.get(name, {}).items():
+            value = np.asarray(value[0])
+            desc = m.bands if value.shape[0] == len(m.bands) else (
+                m.codec.class_names if value.shape[0] == m.num_classes else (stat,) * value.shape[0])
+            items.append((stat, value, desc))
+        for stem, data, desc in items:
+            written.append(_write(folder / f"{stem}.tif", data, m, result.grid.crs, transform, desc, tags))
+    return written
+
+
+def _write(path, data, m, crs, transform, descriptions, tags) -> str:
+    data = np.asarray(data)
+    dtype = "uint8" if m.kind == CATEGORICAL and np.issubdtype(data.dtype, np.integer) else "float32"
+    profile = dict(driver="GTiff", width=data.shape[-1], height=data.shape[-2], count=data.shape[0], dtype=dtype,
+                   compress="deflate", crs=crs, transform=transform)
+    with storage.local_file(str(path)) as local, rasterio.open(local, "w", **profile) as dst:
+        dst.write(data.astype(dtype))
+        for i, d in enumerate(descriptions, start=1):
+            dst.set_band_description(i, d)
+        dst.update_tags(modality=m.name, **tags)
+    return str(path)
+
+
+# -- generation -------------------------------------------------------------------------------
+def generate_area(model, generate: Sequence[str] | str, conditions: Mapping, *, n_samples: int = 1, seed: int = 0,
+                  steps: int = 50, sampler: str = "ddim", eta: float = 0.0, spacing: str | None = None,
+                  absent: str | None = None, guidance: float = 1.0, overlap: float | None = None,
+                  fusion: str = "step", window_batch: int = 8, stats: bool = True,
+                  quantiles: Sequence[float] = (0.05, 0.5, 0.95), progress=None) -> AreaGeneration:
+    """``generate`` over the common extent of ``conditions`` (GeoTIFF paths; scalars as values).
+
+    overlap: metres shared by neighbouring windows (rounded to whole quanta; default half a
+    footprint for ``fusion="step"``, none for ``"none"``). The model's location modality, when it
+    has one and it is not given, is each window's own centre.
+    """
+    generate = (generate,) if isinstance(generate, str) else tuple(generate)
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion={fusion!r}: choose one of {FUSIONS}")
+    reg = model.registry
+    spatial_given = {n: v for n, v in conditions.items() if not reg[n].is_scalar}
+    if not spatial_given:
+        raise ModalityError("an area needs at least one spatial condition (a GeoTIFF) to define its extent")
+    mods = [reg[n] for n in (*generate, *spatial_given) if not reg[n].is_scalar]
+    side, q = mods[0].size * mods[0].gsd, quantum(mods)
+    grid = area_grid(spatial_given, side, q)
+    overlap = (side / 2 if fusion == "step" else 0.0) if overlap is None else float(overlap)
+    layout = window_layout(grid, side, overlap, q)
+    read = {n: read_area(p, reg[n], grid) for n, p in spatial_given.items()}
+    windows = {n: _cut(a, layout.pixels(reg[n].gsd), reg[n].size) for n, (a, _) in read.items()}
+    scalars = {n: np.broadcast_to(np.asarray(v), (len(layout.offsets), *np.shape(v)))
+               for n, v in conditions.items() if reg[n].is_scalar}
+    location = next((m.name for m in reg if isinstance(m.codec, LatLon)), None)
+    if location and location not in scalars and location not in generate:
+        scalars[location] = window_latlon(grid, layout)
+    absent = absent or model.default_absent
+    spacing = spacing or ("logsnr" if sampler == "dpm++" else "uniform")
+    opts = dict(steps=steps, sampler=sampler, eta=eta, spacing=spacing, absent=absent, guidance=guidance)
+    key = jax.random.key(seed)
+    if fusion == "none":
+        canvas = _independent(model, generate, {**windows, **scalars}, layout, grid, n_samples, seed, window_batch,
+                              opts)
+    else:
+        cond = _encode_windows(model, {**windows, **scalars}, window_batch, jax.random.fold_in(key, 0))
+        canvas = _fused(model, generate, cond, layout, grid, n_samples, window_batch, jax.random.fold_in(key, 1),
+                        opts, progress)
+        canvas = {n: _decode_canvas(model, reg[n], z, layout, grid, window_batch) for n, z in canvas.items()}
+    summary = {n: sample_stats(reg[n], canvas[n][None], quantiles) for n in generate} if stats else {}
+    settings = dict(generate=",".join(generate), given=",".join(sorted(conditions)), n_samples=n_samples,
+                    fusion=fusion, overlap_m=float(layout.side - _stride(layout)), windows=len(layout.offsets),
+                    resampling=",".join(f"{n}:{r}" for n, (_, r) in read.items()), seed=seed, **opts)
+    return AreaGeneration(canvas, summary, grid, layout, reg, seed, settings)
+
+
+def _stride(layout: Layout) -> float:
+    starts = np.unique(layout.offsets[:, 1])
+    return float(starts[1] - starts[0]) if len(starts) > 1 else layout.side
+
+
+def _cut(area: np.ndarray, offsets: np.ndarray, size: int) -> np.ndarray:
+    """(..., H, W) area -> (W, ..., size, size) windows at pixel ``offsets``."""
+    return np.stack([area[..., r:r + size, c:c + size] for r, c in offsets])
+
+
+def _chunks(n: int, size: int):
+    return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _encode_windows(model, physical: Mapping, batch: int, key) -> dict:
+    """Per-window physical conditions -> scaled latents (W, C, h, w), ``batch`` windows at a time."""
+    n = len(next(iter(physical.values())))
+    # The first chunk draws with ``key`` itself, as ``CopGen.generate`` does: one window is one footprint.
+    parts = [model._encode({k: model.registry[k].normalize(v[idx]) for k, v in physical.items()},
+                           jax.random.fold_in(key, i) if i else key) for i, idx in enumerate(_chunks(n, batch))]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _independent(model, generate, physical, layout, grid, n, seed, batch, opts) -> dict:
+    """Naive tiling: each window sampled on its own, decoded windows blended where they overlap."""
+    parts = [model.generate(list(generate), {k: v[idx] for k, v in physical.items()}, n_samples=n, seed=seed + i,
+                            **opts) for i, idx in enumerate(_chunks(len(layout.offsets), batch))]
+    out = {}
+    for name in generate:
+        m = model.registry[name]
+        windows = np.concatenate([p.samples[name] for p in parts])  # (W, N, *physical)
+        h, w = grid.shape_for(m.gsd)
+        acc, weight = _blend(windows.astype(np.float64), layout.pixels(m.gsd), m.size, (h, w))
+        out[name] = np.rint(acc / weight).astype(np.int64) if m.kind == CATEGORICAL else (acc / weight)
+    return out
+
+
+def _tent(size: int) -> np.ndarray:
+    """Separable blending weights, highest at a window's centre, small but non-zero at its edges."""
+    ramp = np.minimum(np.arange(size) + 0.5, size - np.arange(size) - 0.5) / (size / 2)
+    return np.outer(ramp, ramp)
+
+
+def _blend(windows: np.ndarray, offsets: np.ndarray, size: int, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted sum over windows (W, N, C, size, size) placed at ``offsets`` -> (N, C, H, W), weights (H, W)."""
+    tent = _tent(size)
+    acc = np.zeros((*windows.shape[1:3], *shape))
+    weight = np.zeros(shape)
+    for (r, c), x in zip(offsets, windows):
+        acc[..., r:r + size, c:c + size] += x * tent
+        weight[r:r + size, c:c + size] += tent
+    return acc, weight
+
+
+def _decode_canvas(model, m: Modality, z: np.ndarray, layout: Layout, grid: AreaGrid, batch: int) -> np.ndarray:
+    """Latent canvas (N, C, Hl, Wl) -> physical (N, bands, H, W): windows decoded, blended in network range."""
+    h = m.latent_shape[1]
+    flat = _cut(z, layout.pixels(m.gsd * m.downsample), h) / np.float32(m.scale_factor)  # (W, N, C, h, h)
+    wins, n = flat.shape[:2]
+    decoded = np.concatenate(list(model._decode_chunks(m, flat.reshape(wins * n, *flat.shape[2:]))))[: wins * n]
+    decoded = decoded.reshape(wins, n, *decoded.shape[1:]).astype(np.float64)
+    acc, weight = _blend(decoded, layout.pixels(m.gsd), m.size, grid.shape_for(m.gsd))
+    x = m.codec.decode(acc / weight)
+    return x.astype(np.int64) if m.kind == CATEGORICAL else x
+
+
+def _fused(model, generate, cond, layout, grid, n, batch, key, opts, progress) -> dict:
+    """The sampler on the area's latent canvas, ε averaged over overlapping windows at every step."""
+    reg = model.registry
+    shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"]
+    wb = min(batch, len(layout.offsets))
+    while (wb * n) % shards:
+        wb += 1
+    wins = len(layout.offsets)
+    nb = -(-wins // wb)
+    take = np.minimum(np.arange(nb * wb), wins - 1)
+    weight = (np.arange(nb * wb) < wins).astype(np.float32).reshape(nb, wb)  # padded windows add nothing
+    offs = {g: layout.pixels(reg[g].gsd * reg[g].downsample)[take].reshape(nb, wb, 2) for g in generate}
+    cond_b = {k: v[take].reshape(nb, wb, *v.shape[1:]) for k, v in cond.items()}
+    canvas = {g: (reg[g].latent_shape[0], *grid.shape_for(reg[g].gsd * reg[g].downsample)) for g in generate}
+    count = {g: _coverage(offs[g].reshape(-1, 2)[:wins], reg[g].latent_shape[1], canvas[g][1:]) for g in generate}
+    run = _fused_sampler(model, tuple(generate), tuple(sorted(cond)), n, wb, nb, canvas, opts, progress)
+    with parallel.use_mesh(model.mesh, model.rules):
+        out = run(model._params, key, cond_b, offs, jnp.asarray(weight), count)
+    return {g: np.asarray(out[g]) for g in generate}
+
+
+def _coverage(offsets, size, shape) -> np.ndarray:
+    c = np.zeros(shape, np.float32)
+    for r, q in offsets:
+        c[r:r + size, q:q + size] += 1
+    return c
+
+
+def _fused_sampler(model, generate, given, n, wb, nb, canvas, opts, progress):
+    reg, schedule, graphdef = model.registry, model.schedule, model._graphdef
+    absent, guidance = opts["absent"], opts["guidance"]
+    noise_names = tuple(m.name for m in reg if m.name not in (*generate, *given)) if absent == "noise" else ()
+    rows = wb * n
+    ticks = {"done": 0}
+    total = opts["steps"] * nb * samplers.evaluations_per_step(guidance, bool(given))
+
+    def tick(_):
+        ticks["done"] += 1
+        if progress is not None:
+            progress("windows x steps", min(ticks["done"], total), total)
+
+    def place(x):
+        return jax.lax.with_sharding_constraint(x, model._row_sharding(x.ndim))
+
+    def run(params, key, cond_b, offs, weight, count):
+        net = nnx.merge(graphdef, params)
+
+        def window_eps(latents, t, b, with_conditions):
+            lat, tim = {}, {}
+            for g in generate:
+                c, h, w = reg[g].latent_shape
+                cut = jax.vmap(lambda o, g=g: jax.lax.dynamic_slice(latents[g], (0, 0, o[0], o[1]), (n, c, h, w)))
+                lat[g] = place(cut(offs[g][b]).reshape(rows, c, h, w))
+                tim[g] = jnp.full((rows,), t, jnp.int32)
+            if with_conditions:
+                for k in given:
+                    lat[k] = place(jnp.repeat(cond_b[k][b], n, axis=0))
+                    tim[k] = jnp.zeros((rows,), jnp.int32)
+            hidden = noise_names + (() if with_conditions or absent != "noise" else given)
+            keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, t), b), max(len(hidden), 1))
+            for k, name in zip(keys, hidden):
+                lat[name] = jax.random.normal(k, (rows, *reg[name].latent_shape), jnp.float32)
+                tim[name] = jnp.full((rows,), schedule.num_steps, jnp.int32)
+            jax.debug.callback(tick, b)
+            out = net(lat, tim)
+            return {g: schedule.eps(out[g], lat[g], tim[g]).reshape(wb, n, *reg[g].latent_shape) for g in generate}
+
+        def eps_fn(latents, timesteps, present):
+            t = timesteps[generate[0]][0]
+
+            def body(b, acc):
+                eps = window_eps(latents, t, b, True)
+                if guidance != 1 and given:
+                    free = window_eps(latents, t, b, False)
+                    eps = {g: free[g] + guidance * (eps[g] - free[g]) for g in generate}
+                for g in generate:
+                    c, h, w = reg[g].latent_shape
+                    for i in range(wb):
+                        start = (0, 0, offs[g][b, i, 0], offs[g][b, i, 1])
+                        patch = jax.lax.dynamic_slice(acc[g], start, (n, c, h, w)) + weight[b, i] * eps[g][i]
+                        acc[g] = jax.lax.dynamic_update_slice(acc[g], patch, start)
+                return acc
+
+            acc = jax.lax.fori_loop(0, nb, body, {g: jnp.zeros((n, *canvas[g]), jnp.float32) for g in generate})
+            return {g: acc[g] / count[g] for g in generate}
+
+        return samplers.sample(eps_fn, schedule, key, shapes=canvas, batch=n, conditions={}, generate=generate,
+                               absent="drop", steps=opts["steps"], sampler=opts["sampler"], eta=opts["eta"],
+                               spacing=opts["spacing"], guidance=1.0)
+
+    return jax.jit(run)

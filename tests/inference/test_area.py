@@ -1,0 +1,122 @@
+"""Areas of any extent: the window layout, step-fused sampling on the latent canvas, georeferencing, bad inputs."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from copgen_jax import CopGen
+from copgen_jax.datasets import build
+from copgen_jax.inference import area
+from copgen_jax.modalities import OFFICIAL, ModalityError
+from tests.fixtures.sampling_run import DEM, LATLON, LULC, S2, tiny_run_dir
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return CopGen.load(tiny_run_dir(tmp_path_factory))
+
+
+def world(model, out, side):
+    """DEM and land-cover GeoTIFFs of one synthetic cell ``side`` footprints across (native resolution)."""
+    raw = build.synthetic_raw(str(out), model.registry, cells=1, observations=1, seed=0, footprints_per_side=side,
+                              progress=False)
+    find = lambda product: glob.glob(os.path.join(raw, product, "**", "*.tif"), recursive=True)[0]  # noqa: E731
+    return {DEM: find("Core-DEM"), LULC: find("Core-LULC")}
+
+
+@pytest.fixture(scope="module")
+def small_world(model, tmp_path_factory):
+    return world(model, tmp_path_factory.mktemp("world1"), 1)
+
+
+@pytest.fixture(scope="module")
+def big_world(model, tmp_path_factory):
+    return world(model, tmp_path_factory.mktemp("world3"), 3)
+
+
+def test_the_quantum_lines_up_every_latent_grid():
+    spatial = [m for m in OFFICIAL if not m.is_scalar]
+    q = area.quantum(spatial)
+    assert q == 480.0  # S2 10 m x 8, 20 m x 8, 60 m x 8, DEM 30 m x 8
+    assert all((q / (m.gsd * m.downsample)).is_integer() for m in spatial)
+
+
+@pytest.mark.parametrize("extent,overlap", [(5760, 960), (5760, 0), (6240, 480), (1920, 0), (4800, 1440)])
+def test_windows_cover_every_pixel_on_whole_quanta(extent, overlap):
+    grid = area.AreaGrid(None, 0.0, 0.0, float(extent), float(extent))
+    layout = area.window_layout(grid, 1920.0, overlap, 480.0)
+    assert np.all(layout.offsets % 480 == 0) and layout.offsets.max() == extent - 1920
+    cover = area._coverage(layout.pixels(480.0), 4, (extent // 480, extent // 480))
+    assert cover.min() >= 1  # every pixel covered
+    if overlap and extent > 1920:
+        assert cover.max() > 1  # neighbours overlap
+    constant = np.full((len(layout.offsets), 1, 1, 4, 4), 3.5)
+    acc, weight = area._blend(constant, layout.pixels(480.0), 4, cover.shape)
+    np.testing.assert_allclose(acc / weight, 3.5)  # blending weights normalise exactly
+
+
+def test_one_window_is_exactly_one_footprint_generation(model, small_world):
+    res = area.generate_area(model, [S2], small_world, n_samples=2, steps=3, stats=False)
+    assert len(res.layout.offsets) == 1
+    given = {n: area.read_area(p, model.registry[n], res.grid)[0] for n, p in small_world.items()}
+    given[LATLON] = area.window_latlon(res.grid, res.layout)[0]
+    plain = model.generate([S2], given, n_samples=2, steps=3)
+    np.testing.assert_allclose(res[S2], plain[S2][0], rtol=0, atol=1e-6 * np.abs(plain[S2]).max())
+
+
+@pytest.mark.parametrize("sampler,guidance", [("ddim", 1.0), ("dpm++", 2.0)])
+def test_an_area_is_one_georeferenced_image_per_modality(model, big_world, tmp_path, sampler, guidance):
+    res = area.generate_area(model, [S2, DEM], {LULC: big_world[LULC]}, n_samples=2, steps=2, sampler=sampler,
+                             guidance=guidance, window_batch=4)
+    s2 = model.registry[S2]
+    assert res.grid.width == res.grid.height == 3 * s2.size * s2.gsd
+    assert len(res.layout.offsets) == 25  # half-footprint overlap: 5 x 5 windows
+    assert res[S2].shape == (2, len(s2.bands), 3 * s2.size, 3 * s2.size) and np.isfinite(res[S2]).all()
+    assert res[DEM].shape == (2, 1, 3 * model.registry[DEM].size, 3 * model.registry[DEM].size)
+    assert not np.allclose(res[S2][0], res[S2][1])  # two samples, two images
+    with rasterio.open(big_world[LULC]) as src:
+        crs, corner = src.crs, (src.transform.c, src.transform.f)
+    files = area.write_area(tmp_path, res)
+    for name in (S2, DEM):
+        gsd = model.registry[name].gsd
+        with rasterio.open(tmp_path / name / "sample_000.tif") as out:
+            assert out.crs == crs
+            assert out.transform.almost_equals(Affine(gsd, 0, corner[0], 0, -gsd, corner[1]))
+            np.testing.assert_allclose(out.read(), res[name][0], rtol=1e-6)
+            assert out.tags()["fusion"] == "step" and "LULC_LULC:" in out.tags()["resampling"]
+    assert str(tmp_path / S2 / "std.tif") in files
+
+
+def test_independent_tiling_is_the_comparison_it_claims(model, big_world):
+    res = area.generate_area(model, [S2], big_world, n_samples=1, steps=2, fusion="none")
+    assert len(res.layout.offsets) == 9 and res.settings["overlap_m"] == 0.0
+
+
+def _write(path, crs, transform, size=64):
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="float32", crs=crs,
+                       transform=transform) as dst:
+        dst.write(np.full((1, size, size), 100.0, np.float32))
+    return str(path)
+
+
+def test_bad_areas_name_the_file(model, tmp_path):
+    utm = "EPSG:32631"
+    a = _write(tmp_path / "a.tif", utm, Affine(120, 0, 500000, 0, -120, 5000000))
+    far = _write(tmp_path / "far.tif", utm, Affine(120, 0, 700000, 0, -120, 5000000))
+    small = _write(tmp_path / "small.tif", utm, Affine(120, 0, 500000, 0, -120, 5000000), size=8)
+    geographic = _write(tmp_path / "geo.tif", "EPSG:4326", Affine(0.001, 0, 3, 0, -0.001, 45))
+    with pytest.raises(ModalityError, match="do not overlap.*far.tif"):
+        area.generate_area(model, [S2], {DEM: a, LULC: far}, steps=1)
+    with pytest.raises(ModalityError, match="less than one 1920 m footprint.*small.tif"):
+        area.generate_area(model, [S2], {DEM: small}, steps=1)
+    with pytest.raises(ModalityError, match="geo.tif.*geographic"):
+        area.generate_area(model, [S2], {DEM: geographic}, steps=1)
+    with pytest.raises(ModalityError, match="spatial condition"):
+        area.generate_area(model, [S2], {}, steps=1)
+    with pytest.raises(ValueError, match="fusion"):
+        area.generate_area(model, [S2], {DEM: a}, fusion="seamless")
+    with pytest.raises(ValueError, match="overlap"):
+        area.generate_area(model, [S2], {DEM: a}, overlap=1920, steps=1)
