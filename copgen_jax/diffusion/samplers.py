@@ -33,6 +33,14 @@ itself gains nothing from logsnr spacing).
 
 Update rules are plain functions of (x, eps or x0, alpha_bar_t, alpha_bar_s, ...)
 mapped over dicts with ``jax.tree.map``, so other loops can reuse them.
+
+Region conditioning (``known``): a generated modality may be partly known, as a clean latent
+z0 and a mask of known latent pixels. RePaint-style (Lugmayr et al. 2022), after every update
+to timestep s the known positions are replaced by z0 noised to s,
+sqrt(ab_s) z0 + sqrt(1 - ab_s) ε with fresh ε, so the model always sees the known part at
+the noise level of the rest; the step to n = 0 sets them to z0 exactly. ``resample = r``
+adds RePaint's jumps: r times per step, the pasted x_s is noised back to t and the step redone,
+which lets the unknown part catch up with the known part at a cost of r extra evaluations.
 """
 from __future__ import annotations
 
@@ -141,7 +149,32 @@ def dpmpp_2m_update(x, x0, x0_prev, alpha_bar_t, alpha_bar_s, alpha_bar_prev, se
                         x, x0, x0_prev)
 
 
+def renoise(x0, alpha_bar, noise):
+    """x0 noised to alpha_bar: sqrt(ab) x0 + sqrt(1 - ab) ε (exactly x0 when ab = 1)."""
+    return jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1.0 - alpha_bar) * noise
+
+
+def noise_back(x_s, alpha_bar_s, alpha_bar_t, noise):
+    """One forward jump s -> t (t noisier): sqrt(ab_t/ab_s) x_s + sqrt(1 - ab_t/ab_s) ε."""
+    return renoise(x_s, alpha_bar_t / alpha_bar_s, noise)
+
+
 # -- validation -------------------------------------------------------------------
+def _check_known(shapes, batch, generate, known, resample):
+    if isinstance(resample, bool) or not isinstance(resample, (int, np.integer)) or resample < 0:
+        raise ValueError(f"resample must be an integer >= 0 (0: no RePaint jumps), got {resample!r}")
+    for name, (z0, mask) in known.items():
+        if name not in generate:
+            raise ValueError(f"known {name!r} is not generated: add it to `generate` (its known part is kept)")
+        c, h, w = shapes[name]
+        if tuple(z0.shape) != (batch, c, h, w):
+            raise ValueError(f"known {name!r}: latent has shape {tuple(z0.shape)}, expected (batch, C, H, W) = "
+                             f"{(batch, c, h, w)}")
+        if tuple(mask.shape) != (batch, h, w):
+            raise ValueError(f"known {name!r}: latent mask has shape {tuple(mask.shape)}, expected "
+                             f"(batch, H, W) = {(batch, h, w)}")
+
+
 def _check_request(shapes, batch, conditions, generate, absent, sampler, eta, guidance=1.0):
     known = list(shapes)
     if isinstance(guidance, bool) or not (isinstance(guidance, (int, float, np.number)) and 0 <= guidance < np.inf):
@@ -178,7 +211,7 @@ def evaluations_per_step(guidance: float, conditioned: bool) -> int:
 def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple], batch: int,
            conditions: Mapping[str, jax.Array], generate: Sequence[str], absent: str = "drop",
            steps: int = 50, sampler: str = "ddim", eta: float = 0.0, spacing: str = "uniform",
-           guidance: float = 1.0) -> dict:
+           guidance: float = 1.0, known: Mapping[str, tuple] | None = None, resample: int = 0) -> dict:
     """Generate ``generate`` given clean ``conditions``; returns generated latents and the conditions.
 
     Args:
@@ -210,14 +243,21 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple
         ε_uncond sees no condition (treated like an absent modality: dropped, or noise at N).
         1 is plain conditional sampling (one evaluation per step); w > 1 follows the conditions
         more closely than the model's conditional alone, at the cost of a second evaluation.
+      known: generated name -> (z0 (B, C, H, W) clean latent, mask (B, H, W) bool, True = known):
+        the known latent pixels, held on z0 noised to each step's timestep and returned as z0
+        exactly (module doc). Rows and positions with a False mask are generated as usual.
+      resample: RePaint jumps per step (only with ``known``): each costs one more step's evaluations.
 
     Returns:
       {name: (B, C, H, W) float32} for generated modalities, the x0 prediction of the
-      last step, plus every condition exactly as given.
+      last step (z0 at known positions), plus every condition exactly as given.
     """
     generate = tuple(generate)
     conditions = dict(conditions)
+    known = dict(known or {})
     _check_request(shapes, batch, conditions, generate, absent, sampler, eta, guidance)
+    _check_known(shapes, batch, generate, known, resample)
+    resample = int(resample) if known else 0  # without a known part a jump only adds noise
     grid = timestep_grid(schedule, steps, spacing)
     missing = tuple(n for n in shapes if n not in conditions and n not in generate)
     noise_names = missing if absent == "noise" else ()
@@ -264,17 +304,46 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple
           "second": jnp.asarray((idx > 0) & (idx < steps - 2)),
           "key": jax.random.split(jax.random.fold_in(rng, 1), steps)}
 
-    def body(carry, s):
-        x, x0_prev = carry
-        k_absent, k_step = jax.random.split(s["key"])
+    # Known positions, broadcast over channels: (B, 1, H, W).
+    held = {n: (jnp.asarray(z0, jnp.float32), jnp.asarray(mask, bool)[:, None]) for n, (z0, mask) in known.items()}
+
+    def paste(x, alpha_bar, key):
+        """The known latent pixels replaced by z0 noised to ``alpha_bar`` (fresh ε from ``key``)."""
+        if not held:
+            return x
+        eps = normal(key, tuple(held))
+        return {**x, **{n: jnp.where(m, renoise(z0, alpha_bar, eps[n]), x[n]) for n, (z0, m) in held.items()}}
+
+    def update(x, x0_prev, s, key):
+        """One step t -> s from x_t, the known part pasted at s; -> (x_s, this step's x0)."""
+        k_absent, k_step = jax.random.split(key)
         eps = eps_at(x, s["n_t"], k_absent)
         if sampler == "ddim":
             noise = normal(k_step, generate) if stochastic else None
-            return (ddim_update(x, eps, s["ab_t"], s["ab_s"], eta, noise), x0_prev), None
-        x0 = x0_from_eps(x, eps, s["ab_t"])
-        x_s = dpmpp_2m_update(x, x0, x0_prev, s["ab_t"], s["ab_s"], s["ab_prev"], s["second"])
-        return (x_s, x0), None
+            x_s, x0 = ddim_update(x, eps, s["ab_t"], s["ab_s"], eta, noise), x0_prev
+        else:
+            x0 = x0_from_eps(x, eps, s["ab_t"])
+            x_s = dpmpp_2m_update(x, x0, x0_prev, s["ab_t"], s["ab_s"], s["ab_prev"], s["second"])
+        # fold_in, not split: the keys above stay what they were before region conditioning existed.
+        return paste(x_s, s["ab_s"], jax.random.fold_in(key, 2)), x0
+
+    def jump(j, carry, x0_prev, s):
+        """RePaint's jump: x_s noised back to t, then the step redone (the multistep history kept)."""
+        key = jax.random.fold_in(s["key"], 3 + j)
+        x_t = {n: noise_back(v, s["ab_s"], s["ab_t"], e)
+               for (n, v), e in zip(carry[0].items(), normal(key, tuple(carry[0])).values())}
+        return update(x_t, x0_prev, s, jax.random.fold_in(key, 1))
+
+    def body(carry, s):
+        x, x0_prev = carry
+        out = update(x, x0_prev, s, s["key"])
+        if resample:
+            out = jax.lax.fori_loop(0, resample, lambda j, c: jump(j, c, x0_prev, s), out)
+        return out, None
 
     x_init = normal(jax.random.fold_in(rng, 0), generate)
+    x_init = paste(x_init, ab[0], jax.random.fold_in(rng, 2))
     (x, _), _ = jax.lax.scan(body, (x_init, x_init), xs)
+    # Exact, not z0 times sqrt(1) plus 0 times ε: a NaN-free z0 comes back bit for bit.
+    x = {**x, **{n: jnp.where(m, z0, x[n]) for n, (z0, m) in held.items()}}
     return {**x, **conditions}

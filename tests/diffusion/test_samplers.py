@@ -294,3 +294,61 @@ def test_v_prediction_converts_to_the_same_eps():
     assert Schedule().target(x0, n, eps) is eps
     with pytest.raises(ValueError, match="prediction"):
         Schedule(prediction="x0")
+
+
+# -- region conditioning (known latent pixels) --------------------------------------------
+def one_unknown_pixel(batch=BATCH):
+    mask = np.ones((batch, 4, 4), bool)
+    mask[:, 1, 2] = False
+    return mask
+
+
+@pytest.mark.parametrize("solver", [dict(sampler="ddim", steps=5), dict(sampler="dpm++", steps=5),
+                                    dict(sampler="ddim", steps=5, eta=1.0, resample=1),
+                                    dict(sampler="dpm++", steps=5, resample=2)], ids=["ddim", "dpm++", "ddim-eta1-r1",
+                                                                                     "dpm++-r2"])
+def test_known_latent_pixels_come_back_exactly(solver):
+    z0, mask = draw_a(), one_unknown_pixel()
+    out = run(("a", "b"), known={"a": (z0, mask)}, **solver)
+    got, want = np.asarray(out["a"]), np.asarray(z0)
+    np.testing.assert_array_equal(got[:, :, mask[0]], want[:, :, mask[0]])
+    generated = got[:, :, 1, 2]
+    assert np.all(np.isfinite(generated)) and not np.allclose(generated, want[:, :, 1, 2], atol=0.1)
+    assert 0.5 < generated.std() < 1.5  # a draw of A's marginal (std 1), not a copy of z0
+
+
+def test_nothing_known_leaves_every_draw_unchanged():
+    """An all-False mask pastes nothing: the sampler's random streams are those without ``known``
+    (equal up to float round-off: XLA fuses the graph with the masked selects differently)."""
+    for solver in (dict(sampler="ddim", eta=1.0), dict(sampler="dpm++")):
+        plain = run(("a", "b"), steps=4, **solver)
+        masked = run(("a", "b"), steps=4, known={"a": (draw_a(), np.zeros((BATCH, 4, 4), bool))}, **solver)
+        for n in NAMES:
+            np.testing.assert_allclose(plain[n], masked[n], rtol=0, atol=1e-5)
+
+
+def test_known_part_conditions_the_rest_and_jumps_condition_more():
+    """A fully known A held on its noised z0 conditions B (replacement conditioning). It under-
+    conditions: the regression slope of B on A measured 0.38 at dpm++ 20 steps (exact 0.8); one
+    RePaint jump per step brings it to 0.55, two to 0.64."""
+    a = draw_a()
+    mask = np.ones((BATCH, 4, 4), bool)
+
+    def slope(resample):
+        out = run(("a", "b"), known={"a": (a, mask)}, sampler="dpm++", steps=20, resample=resample)
+        return np.polyfit(np.asarray(a).ravel(), np.asarray(out["b"]).ravel(), 1)[0]
+
+    plain, jumped = slope(0), slope(1)
+    assert 0.3 < plain < jumped < SLOPE, (plain, jumped)
+
+
+@pytest.mark.parametrize("known, resample, match", [
+    ({"b": (np.zeros((BATCH, 2, 4, 4)), np.ones((BATCH, 4, 4), bool))}, 0, r"known 'b' is not generated"),
+    ({"a": (np.zeros((BATCH, 2, 4, 4)), np.ones((BATCH, 4, 3), bool))}, 0,
+     r"latent mask has shape \(512, 4, 3\), expected \(batch, H, W\) = \(512, 4, 4\)"),
+    ({"a": (np.zeros((BATCH, 2, 4, 3)), np.ones((BATCH, 4, 4), bool))}, 0, r"latent has shape \(512, 2, 4, 3\)"),
+    ({"a": (np.zeros((BATCH, 2, 4, 4)), np.ones((BATCH, 4, 4), bool))}, -1, r"resample must be an integer >= 0"),
+])
+def test_known_errors(known, resample, match):
+    with pytest.raises(ValueError, match=match):
+        run(("a",), known=known, resample=resample, steps=2)
