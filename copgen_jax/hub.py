@@ -19,7 +19,11 @@ resumable, shared between runs, and usable offline (``HF_HUB_OFFLINE=1``) once p
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fnmatch
+import logging
+import os
 import re
 import zipfile
 from typing import Sequence
@@ -80,23 +84,20 @@ class Snapshot:
         return sorted(self.path.glob(pattern))
 
 
-def snapshot(repo: str, revision: str = "main", *, repo_type: str = "model",
-             allow_patterns: Sequence[str] | None = None, cache_dir: str | None = None) -> Snapshot:
-    """Download (or find in the cache) ``repo`` at ``revision``, only the files ``allow_patterns`` match.
-
-    Offline (no network, or ``HF_HUB_OFFLINE=1``) a cached snapshot of that revision is used;
-    without one, and for an unknown repository or revision, a HubError says what is missing.
-    """
+def _hub():
     try:
         import huggingface_hub
-        from huggingface_hub import errors
     except ImportError as e:
         raise HubError("downloading from the Hub needs huggingface_hub: pip install 'copgen_jax[hub]'") from e
-    where = f"{repo_type} repository {repo} at revision {revision!r}"
+    return huggingface_hub
+
+
+@contextlib.contextmanager
+def _explained(where: str, cache_dir):
+    """huggingface_hub's errors -> a HubError that says what is missing and what to do."""
+    from huggingface_hub import errors
     try:
-        path = huggingface_hub.snapshot_download(repo, revision=revision, repo_type=repo_type,
-                                                 allow_patterns=list(allow_patterns) if allow_patterns else None,
-                                                 cache_dir=cache_dir)
+        yield
     except errors.RevisionNotFoundError as e:
         raise HubError(f"{where}: no such revision on the Hub (use a branch, tag or full commit hash)") from e
     except errors.RepositoryNotFoundError as e:
@@ -105,11 +106,84 @@ def snapshot(repo: str, revision: str = "main", *, repo_type: str = "model",
         raise HubError(f"{where}: not in the cache ({cache_dir or 'the default Hugging Face cache'}) and the Hub "
                        "cannot be reached (no network, or HF_HUB_OFFLINE=1); connect and run again, or point "
                        "--hub-cache at a cache that holds it") from e
+    except errors.RemoteEntryNotFoundError as e:
+        raise HubError(f"{where}: no such file in the repository") from e
     except errors.HfHubHTTPError as e:
         raise HubError(f"{where}: the Hub answered with an error: {e}") from e
-    path = epath.Path(path)
-    commit = path.name if _COMMIT.fullmatch(path.name) else revision
-    return Snapshot(repo, revision, commit, path)
+
+
+def _commit_of(path: epath.Path, revision: str) -> str:
+    return path.name if _COMMIT.fullmatch(path.name) else revision
+
+
+def snapshot(repo: str, revision: str = "main", *, repo_type: str = "model",
+             allow_patterns: Sequence[str] | None = None, cache_dir: str | None = None) -> Snapshot:
+    """Download (or find in the cache) ``repo`` at ``revision``, only the files ``allow_patterns`` match.
+
+    Offline (no network, or ``HF_HUB_OFFLINE=1``) a cached snapshot of that revision is used;
+    without one, and for an unknown repository or revision, a HubError says what is missing.
+    """
+    hf = _hub()
+    with _explained(f"{repo_type} repository {repo} at revision {revision!r}", cache_dir):
+        path = epath.Path(hf.snapshot_download(repo, revision=revision, repo_type=repo_type, cache_dir=cache_dir,
+                                               allow_patterns=list(allow_patterns) if allow_patterns else None))
+    return Snapshot(repo, revision, _commit_of(path, revision), path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """A repository's file names at one commit; each file downloaded only when asked for.
+
+    For datasets too large to take whole (the benchmark's parquet shards): a subset of
+    cells fetches only the shards it reads.
+    """
+
+    repo: str
+    revision: str
+    commit: str
+    repo_type: str
+    files: tuple[str, ...]
+    cache_dir: str | None = None
+
+    def record(self) -> dict:
+        return {"repo": self.repo, "revision": self.revision, "commit": self.commit}
+
+    def matching(self, pattern: str) -> list[str]:
+        return sorted(f for f in self.files if fnmatch.fnmatch(f, pattern))
+
+    def fetch(self, relative: str) -> epath.Path:
+        """The file at ``relative`` on local disk (downloaded once, resumable, then cached)."""
+        with _explained(f"{self.repo_type} repository {self.repo}@{self.commit[:12]}, file {relative}",
+                        self.cache_dir):
+            return epath.Path(_hub().hf_hub_download(self.repo, relative, revision=self.commit,
+                                                     repo_type=self.repo_type, cache_dir=self.cache_dir))
+
+
+def listing(repo: str, revision: str = "main", *, repo_type: str = "model",
+            cache_dir: str | None = None) -> Listing:
+    """The files of ``repo`` at ``revision`` without downloading them.
+
+    Online: the Hub's own listing. Offline (``HF_HUB_OFFLINE=1`` or no network): what the cache
+    holds of that revision, so a rerun offline reads what an earlier run downloaded.
+    """
+    hf = _hub()
+    where = f"{repo_type} repository {repo} at revision {revision!r}"
+    if not hf.constants.HF_HUB_OFFLINE:
+        from huggingface_hub import errors
+        try:
+            info = hf.HfApi().repo_info(repo, revision=revision, repo_type=repo_type)
+            return Listing(repo, revision, info.sha, repo_type, tuple(s.rfilename for s in info.siblings), cache_dir)
+        except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as e:
+            with _explained(where, cache_dir):
+                raise e
+        except Exception as e:  # noqa: BLE001  no network, or the Hub failing: read what the cache holds
+            logging.warning("%s: the Hub's listing failed (%s); using the cached files", where, e)
+    with _explained(where, cache_dir):
+        path = epath.Path(hf.snapshot_download(repo, revision=revision, repo_type=repo_type, cache_dir=cache_dir,
+                                               local_files_only=True))
+    files = tuple(sorted(os.path.relpath(os.path.join(folder, f), path)  # a local cache: plain os.walk
+                         for folder, _, names in os.walk(path) for f in names))
+    return Listing(repo, revision, _commit_of(path, revision), repo_type, files, cache_dir)
 
 
 def unzip_once(snapshot_: Snapshot, into) -> epath.Path:

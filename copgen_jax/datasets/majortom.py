@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -74,6 +75,14 @@ class Product:
 
     def band_path(self, band: str) -> Path:
         return self.path if self.single_file else self.path / f"{band}.tif"
+
+
+def find_root(path) -> Path:
+    """The folder under ``path`` that holds the ``Core-*`` product folders (an archive may add a top folder)."""
+    for folder, subdirs, _ in os.walk(path):
+        if any(d.startswith("Core-") for d in subdirs):
+            return Path(folder)
+    raise DataError(f"no Core-* product folder under {path}; a Major TOM folder holds Core-S2L2A/, Core-DEM/, ...")
 
 
 def split_cell_id(cell_id: str) -> tuple[str, str]:
