@@ -52,6 +52,13 @@ locations or observations, ``M`` a model label)::
                                                         mae_ensemble_mean: S}}}]}}}
 
 A benchmark or task the run cannot do is ``{"skipped": "<why>"}``.
+
+The paper's benchmark (``--benchmark copgen``, not part of ``all``): Table 1 of the paper on its
+published data, downloaded from the Hugging Face Hub (``copgen_jax.evaluate.copgen_benchmark``
+documents the data, window, seeds and metrics; its results go to ``--out``, default
+``DIR/eval/copgen``)::
+
+    python -m copgen_jax.evaluate --benchmark copgen --model runs/copgen_base [--cells N]
 """
 from __future__ import annotations
 
@@ -60,15 +67,20 @@ import os
 
 from absl import flags
 
-from copgen_jax import flagparse
+from copgen_jax import flagparse, hub, storage
 from copgen_jax.evaluate.benchmarks import Settings
 from copgen_jax.evaluate.run import BENCHMARKS, MODELS, REPORT, evaluate
 
+PAPER_BENCHMARK = "copgen"
+
 
 FLAGS = flagparse.new()
-flags.DEFINE_string("workdir", None, "run directory (config.json, checkpoints/, tokenizers/, data/)", flag_values=FLAGS)
-flags.DEFINE_list("benchmark", ["all"], "stochastic, tasks, narrowing (comma-separated) or all", flag_values=FLAGS)
-flags.DEFINE_enum("model", "both", ("diffusion", "baseline", "both"), "models to evaluate", flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "run directory (config.json, checkpoints/, tokenizers/, data/); "
+                    "default: --model when that is a run directory", flag_values=FLAGS)
+flags.DEFINE_list("benchmark", ["all"], "stochastic, tasks, narrowing (comma-separated) or all; copgen: the "
+                  "paper's Table 1 on its published data (downloaded from the Hub)", flag_values=FLAGS)
+flags.DEFINE_string("model", "both", "diffusion, baseline or both (of --workdir), or a run directory (its "
+                    "diffusion model)", flag_values=FLAGS)
 flags.DEFINE_integer("cells", 0, "footprint locations to evaluate (0: all held-out ones)", lower_bound=0,
                      flag_values=FLAGS)
 flags.DEFINE_integer("samples", 16, "samples per input (K)", lower_bound=1, flag_values=FLAGS)
@@ -81,8 +93,15 @@ flags.DEFINE_string("pixels", None, "pixel shard set to evaluate on (default DIR
 flags.DEFINE_list("tasks", None, "only these tasks (names as in the report), comma-separated", flag_values=FLAGS)
 flags.DEFINE_integer("train-baseline-steps", None, "train DIR/baseline up to this many steps when it has fewer "
                      "(default: as many as the diffusion run; 0: never train)", flag_values=FLAGS)
-flags.DEFINE_string("out", None, "output directory (default DIR/eval)", flag_values=FLAGS)
-flags.mark_flag_as_required("workdir", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "output directory (default DIR/eval; DIR/eval/copgen for --benchmark copgen)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("benchmark-revision", "main", f"revision of {hub.BENCHMARK_REPO} (copgen benchmark)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("conditions-revision", "main", f"revision of {hub.CONDITIONS_REPO}, the cells' DEM and "
+                    "land cover (copgen benchmark)", flag_values=FLAGS)
+flags.DEFINE_string("conditions-root", None, "a local Major TOM folder with the benchmark cells' Core-DEM and "
+                    f"Core-LULC, instead of downloading {hub.CONDITIONS_REPO}", flag_values=FLAGS)
+flags.DEFINE_string("hub-cache", None, "Hugging Face cache directory (default: HF_HOME's)", flag_values=FLAGS)
 PROG = "python -m copgen_jax.evaluate"
 
 
@@ -91,10 +110,23 @@ def parse_args(argv):
     items = [t.strip() for t in args.benchmark if t.strip()]
     if items == ["all"]:
         items = list(BENCHMARKS)
-    if not items or any(t not in BENCHMARKS for t in items):
-        flagparse.fail(FLAGS, PROG, f"--benchmark={','.join(args.benchmark)}: choose from {', '.join(BENCHMARKS)} "
+    known = BENCHMARKS + (PAPER_BENCHMARK,)
+    if not items or any(t not in known for t in items):
+        flagparse.fail(FLAGS, PROG, f"--benchmark={','.join(args.benchmark)}: choose from {', '.join(known)} "
                        "(comma-separated) or all")
     args.benchmark = tuple(items)
+    if args.model in MODELS + ("both",):
+        args.models = MODELS if args.model == "both" else (args.model,)
+    elif storage.path(args.model).is_dir():
+        args.workdir, args.models = args.workdir or args.model, ("diffusion",)
+        if os.path.normpath(args.workdir) != os.path.normpath(args.model):
+            flagparse.fail(FLAGS, PROG, f"--model={args.model} is a run directory and --workdir={args.workdir} "
+                           "another: give one of them")
+    else:
+        flagparse.fail(FLAGS, PROG, f"--model={args.model}: choose diffusion, baseline or both, or give a run "
+                       "directory (no such directory)")
+    if not args.workdir:
+        flagparse.fail(FLAGS, PROG, "--workdir (or --model as a run directory) is required")
     args.tasks = tuple(t for t in args.tasks if t) if args.tasks is not None else None
     return args
 
@@ -105,10 +137,35 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     settings = Settings(cells=args.cells, samples=args.samples, steps=args.steps, sampler=args.sampler,
                         seed=args.seed, chunk=args.chunk)
-    models = MODELS if args.model == "both" else (args.model,)
-    results = evaluate(args.workdir, args.benchmark, models, settings, args.out, split=args.split,
-                       train_baseline_steps=args.train_baseline_steps, tasks=args.tasks, pixels=args.pixels)
-    print(os.path.join(args.out or os.path.join(args.workdir, "eval"), REPORT))
+    results = {}
+    suite = tuple(b for b in args.benchmark if b != PAPER_BENCHMARK)
+    if suite:
+        results = evaluate(args.workdir, suite, args.models, settings, args.out, split=args.split,
+                           train_baseline_steps=args.train_baseline_steps, tasks=args.tasks, pixels=args.pixels)
+        print(os.path.join(args.out or os.path.join(args.workdir, "eval"), REPORT))
+    if PAPER_BENCHMARK in args.benchmark:
+        results[PAPER_BENCHMARK] = paper_benchmark(args, settings)
+    return results
+
+
+def paper_benchmark(args, settings) -> dict:
+    """``--benchmark copgen``: the paper's Table 1 for the chosen models; prints the table."""
+    from copgen_jax import checkpoint
+    from copgen_jax.evaluate import copgen_benchmark
+    from copgen_jax.evaluate.run import RunModels
+    from copgen_jax.modalities import registry_from_config
+    shared = any(b != PAPER_BENCHMARK for b in args.benchmark)  # --out holds the run's own benchmarks too
+    out = args.out if args.out and not shared else os.path.join(args.out or os.path.join(args.workdir, "eval"),
+                                                                PAPER_BENCHMARK)
+    loaded = RunModels(args.workdir, args.train_baseline_steps)
+    steps = {label: loaded.prepare(label) for label in args.models}
+    sources = copgen_benchmark.Sources(args.benchmark_revision, args.conditions_revision, args.conditions_root,
+                                       args.hub_cache)
+    results = copgen_benchmark.run({label: (lambda label=label: loaded[label]) for label in args.models},
+                                   registry_from_config(checkpoint.load_config(args.workdir)), out, settings,
+                                   sources, steps=steps, model_runs={m: loaded.run_dir(m) for m in args.models})
+    print(copgen_benchmark.table(results))
+    print(os.path.join(out, "results.md"))
     return results
 
 

@@ -14,19 +14,19 @@ import os
 from copgen_jax import storage
 from copgen_jax.evaluate.benchmarks import TASKS, Settings
 
-__all__ = ["BENCHMARKS", "MODELS", "TASKS", "Settings", "evaluate"]
+__all__ = ["BENCHMARKS", "MODELS", "TASKS", "RunModels", "Settings", "cached", "evaluate", "json_ready"]
 
 BENCHMARKS = ("stochastic", "tasks", "narrowing")
 MODELS = ("diffusion", "baseline")
 RESULTS, REPORT = "results.json", "results.md"
 
 
-def _clean(x):
+def json_ready(x):
     """JSON-ready: NaN / inf -> None, numpy scalars -> Python numbers."""
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): json_ready(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_ready(v) for v in x]
     if hasattr(x, "item") and not isinstance(x, (str, bytes)):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
@@ -43,7 +43,7 @@ def _merge(a, b):
     return a
 
 
-class _Models:
+class RunModels:
     """Models loaded on first use (a rerun whose results are all cached loads nothing)."""
 
     def __init__(self, workdir, train_baseline_steps):
@@ -76,13 +76,13 @@ class _Models:
         return self._loaded[label]
 
 
-def _cached(path, key, compute):
+def cached(path, key, compute):
     if storage.path(path).exists():
         part = storage.read_json(path)
         if part.get("key") == key:
             logging.info("reusing %s", path)
             return part["result"]
-    result = _clean(compute())
+    result = json_ready(compute())
     storage.path(path).parent.mkdir(parents=True, exist_ok=True)
     storage.write_text(path, json.dumps({"key": key, "result": result}))
     return result
@@ -117,7 +117,7 @@ def evaluate(workdir, benchmarks=BENCHMARKS, models=MODELS, settings=None, out=N
     if not groups:
         raise ValueError(f"{pixels} has no {split!r} records to evaluate on")
     logging.info("%d %s locations, %d observations", len(groups), split, sum(map(len, groups.values())))
-    loaded = _Models(workdir, train_baseline_steps)
+    loaded = RunModels(workdir, train_baseline_steps)
     steps = {label: loaded.prepare(label) for label in models}
     results = {"workdir": workdir, "pixels": pixels, "split": split, "locations": len(groups), "settings": dataclasses.asdict(settings),
                "models": {m: {"run": loaded.run_dir(m), "step": steps[m]} for m in models}, "benchmarks": {}}
@@ -128,7 +128,7 @@ def evaluate(workdir, benchmarks=BENCHMARKS, models=MODELS, settings=None, out=N
         for label in models:
             key = {"settings": results["settings"], "pixels": os.fspath(storage.absolute(pixels)), "split": split,
                    "step": steps[label], "registry": list(registry.names), "tasks": sorted(tasks) if tasks else None}
-            parts.append(_cached(storage.path(out) / "parts" / f"{bench}.{label}.json", key,
+            parts.append(cached(storage.path(out) / "parts" / f"{bench}.{label}.json", key,
                                  lambda: fns[bench]({label: loaded[label]}, registry, groups, settings)))
         merged = parts[0]
         for p in parts[1:]:
@@ -137,6 +137,6 @@ def evaluate(workdir, benchmarks=BENCHMARKS, models=MODELS, settings=None, out=N
     storage.path(out).mkdir(parents=True, exist_ok=True)
     storage.write_text(storage.path(out) / REPORT, report.markdown(results))
     results["plots"] = [storage.path(p).name for p in report.write_plots(results, out)]
-    storage.write_text(storage.path(out) / RESULTS, json.dumps(_clean(results), indent=1))
+    storage.write_text(storage.path(out) / RESULTS, json.dumps(json_ready(results), indent=1))
     logging.info("wrote %s, %s and %s to %s", RESULTS, REPORT, ", ".join(results["plots"]) or "no plots", out)
     return results

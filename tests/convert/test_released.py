@@ -6,6 +6,7 @@ revisions and files from it, as after a real download.
 """
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from copgen_jax.convert.released import RELEASE_RECORD  # noqa: E402
 from copgen_jax.convert.torch_io import load_torch_state_dict  # noqa: E402
 from copgen_jax import CopGen  # noqa: E402
 from tests.fixtures.hub_cache import copy_cache, drop_file  # noqa: E402
-from tests.fixtures.released_hub import put_release, small_release_config  # noqa: E402
+from tests.fixtures.released_hub import small_release_config  # noqa: E402
 
 CONFIG = "from tests.fixtures.released_hub import small_release_config as get_config\n"
 S2, DEM = "S2L2A_B02_B03_B04_B08", "DEM_DEM"
@@ -30,12 +31,6 @@ S2, DEM = "S2L2A_B02_B03_B04_B08", "DEM_DEM"
 def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # read once, at import
-
-
-@pytest.fixture(scope="module")
-def release_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("hub_cache")
-    return str(cache), put_release(cache, small_release_config())
 
 
 @pytest.fixture
@@ -50,10 +45,9 @@ def convert(config_file, cache, out, *extra):
                              *extra])
 
 
-def test_from_hub_converts_into_a_run_that_samples(release_cache, config_file, tmp_path, capsys):
+def test_from_hub_converts_into_a_run_that_samples(release_cache, released_run, config_file, capsys):
     cache, commits = release_cache
-    out = tmp_path / "copgen_base"
-    assert convert(config_file, cache, out) == 0
+    out = pathlib.Path(released_run)  # converted by the command, offline (tests/conftest.py)
     record = json.loads((out / RELEASE_RECORD).read_text())
     assert record["backbone"] == {"repo": hub.BACKBONE_REPO, "revision": "main",
                                   "commit": commits[hub.BACKBONE_REPO], "file": "500000_nnet_ema.pth"}
