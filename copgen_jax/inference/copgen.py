@@ -20,6 +20,9 @@ A run directory (see ``copgen_jax.trainers.loop``, ``copgen_jax.latents.store``)
   3. Generated latents / scale factor -> tokenizer decoder -> registry denormalisation (class
      maps: argmax -> class codes): arrays (B, N, *m.physical_shape) in physical units.
 
+A generated modality may be partly known (``known=``, gap filling): its known latent pixels are
+held by the sampler and its known pixels pasted back after decoding (``inference/known.py``).
+
 Modalities neither given nor generated ("absent"): a run trained with presence masks
 (``diffusion.modality_dropout > 0``) saw samples without them, so they are dropped from the
 token sequence ("drop": exact, and the fastest). A run trained without masks never saw a
@@ -44,6 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from copgen_jax import checkpoint, parallel
 from copgen_jax.inference import load as generate_load
 from copgen_jax.inference import geo
+from copgen_jax.inference import known as known_lib
 from copgen_jax.diffusion import samplers
 from copgen_jax.diffusion.schedule import schedule_from_config
 from copgen_jax.inference.stats import sample_stats
@@ -64,6 +68,7 @@ class Generation:
       them; conditions are the one encoded latent repeated, bit for bit, in every sample.
     stats: generated modality -> {statistic: array over the N samples} (``stats=True``).
     footprints: per input, the footprint of its GeoTIFF conditions (None without any).
+    known: partly known modality -> (B, H, W) mask of the pixels held exactly (True = known).
     """
 
     samples: dict
@@ -74,6 +79,7 @@ class Generation:
     registry: Registry
     seed: int
     settings: dict
+    known: dict = dataclasses.field(default_factory=dict)
 
     def __getitem__(self, name):
         return self.samples[name]
@@ -134,7 +140,8 @@ class CopGen:
                  seed: int = 0, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
                  spacing: str | None = None, absent: str | None = None, stats: bool = False,
                  quantiles: Sequence[float] = (0.05, 0.5, 0.95), units: Mapping | None = None,
-                 guidance: float = 1.0, progress: Progress | None = None) -> Generation:
+                 guidance: float = 1.0, progress: Progress | None = None, known: Mapping | None = None,
+                 resample: int = 0) -> Generation:
         """Generate ``n_samples`` of each modality in ``generate`` per input, given ``conditions``.
 
         conditions: name -> physical-unit array of ``m.physical_shape`` with or without a leading
@@ -145,9 +152,19 @@ class CopGen:
           default "drop" for runs trained with presence masks, else "noise".
         guidance: classifier-free guidance weight (``samplers.sample``); 1 is plain conditional
           sampling, > 1 pushes samples towards the conditions and costs a second evaluation per step.
+        known: name -> (pixels, mask) for a modality that is partly known: pixels as a condition
+          (array or GeoTIFF path), mask a boolean (H, W) or (B, H, W), True = known (a cloud mask:
+          ``~cloudy``); or (pixels, nodata value), or (pixels, None) for "known where finite". The
+          modality is generated (added to ``generate``) with its known part kept: exactly in the
+          returned pixels, where every sample agrees; a latent pixel is held only when all the
+          pixels under it are known (``inference/known.py``).
+        resample: RePaint jumps per sampler step with ``known`` (``samplers.sample``); each one
+          costs a step's evaluations again.
         """
         generate = (generate,) if isinstance(generate, str) else tuple(generate)
         conditions = dict(conditions or {})
+        partial = self._read_known(dict(known or {}), conditions)
+        generate += tuple(n for n in partial if n not in generate)
         units = dict(units or {})
         absent = absent or self.default_absent
         spacing = spacing or ("logsnr" if sampler == "dpm++" else "uniform")
@@ -157,19 +174,24 @@ class CopGen:
             raise FileNotFoundError(f"no tokenizer for {', '.join(missing)}: expected one run per spatial "
                                     "modality under <workdir>/tokenizers/<modality>/")
         self._progress = progress
-        physical, pixels, footprints = self._read_conditions(conditions, units)
+        physical, pixels, footprints = self._read_conditions(conditions, units, partial)
         batch = len(footprints)
+        partial = {n: known_lib.broadcast(k, batch) for n, k in partial.items()}
         key = jax.random.key(seed)
         cond = self._encode(pixels, jax.random.fold_in(key, 0))
+        held = self._encode_known(partial, units, jax.random.fold_in(key, 2))
         self._report("encode", 1, 1)
-        latents = self._sample(cond, generate, batch, n_samples, jax.random.fold_in(key, 1),
+        latents = self._sample(cond, generate, batch, n_samples, jax.random.fold_in(key, 1), known=held,
                                steps=steps, sampler=sampler, eta=eta, spacing=spacing, absent=absent,
-                               guidance=guidance)
+                               guidance=guidance, resample=resample if partial else 0)
         samples = {n: self._decode(self.registry[n], latents[n], units.get(n)) for n in generate}
+        samples.update({n: known_lib.paste(samples[n], k) for n, k in partial.items()})
         summary = {n: sample_stats(self.registry[n], samples[n], quantiles) for n in generate} if stats else {}
         settings = dict(generate=generate, given=tuple(sorted(conditions)), n_samples=n_samples, steps=steps,
-                        sampler=sampler, eta=eta, spacing=spacing, absent=absent, guidance=guidance, units=units)
-        return Generation(samples, physical, latents, summary, footprints, self.registry, seed, settings)
+                        sampler=sampler, eta=eta, spacing=spacing, absent=absent, guidance=guidance, units=units,
+                        known=tuple(sorted(partial)), resample=resample)
+        return Generation(samples, physical, latents, summary, footprints, self.registry, seed, settings,
+                          {n: k.mask for n, k in partial.items()})
 
     def encode(self, conditions: Mapping, *, seed: int = 0, units: Mapping | None = None) -> dict:
         """Physical-unit inputs (as ``generate`` takes them) -> the scaled latents the backbone sees."""
@@ -200,8 +222,26 @@ class CopGen:
         if any(not 0 <= q <= 1 for q in quantiles):
             raise ValueError(f"quantiles must lie in [0, 1], got {list(quantiles)}")
 
-    def _read_conditions(self, conditions, units):
-        """-> physical (B, ...) per name, normalised pixels (B, ...), per-input footprints."""
+    def _read_known(self, known, conditions):
+        """``known`` entries -> ``known.Known`` per name (checked, with their own batch size)."""
+        both = sorted(set(known) & set(conditions))
+        if both:
+            raise ModalityError(f"{', '.join(both)}: both given as a condition and as partly known; "
+                                "remove it from one of the two")
+        return {n: known_lib.read(self.registry[n], v) for n, v in known.items()}
+
+    def _encode_known(self, partial, units, key):
+        """Filled known pixels -> (scaled clean latent, latent mask) per name, as conditions are encoded."""
+        pixels = {n: self.registry[n].normalize(k.pixels, units.get(n)) for n, k in partial.items()}
+        latents = self._encode(pixels, key)
+        return {n: (latents[n], known_lib.latent_mask(k.mask, self.registry[n].downsample))
+                for n, k in partial.items()}
+
+    def _read_conditions(self, conditions, units, partial=None):
+        """-> physical (B, ...) per name, normalised pixels (B, ...), per-input footprints.
+
+        ``partial`` (partly known modalities) shares the batch size and the footprint checks."""
+        partial = partial or {}
         physical, rasters = {}, {}
         for name, value in conditions.items():
             m = self.registry[name]
@@ -212,7 +252,8 @@ class CopGen:
                 rasters[name] = [geo.read_condition(p, m) for p in paths]
                 value = np.stack([r.data for r in rasters[name]])
             physical[name] = _batched(m, m.validate(value, units.get(name)), value)
-        sizes = {n: len(x) for n, x in physical.items()}
+        sizes = {**{n: len(x) for n, x in physical.items()}, **{n: len(k.pixels) for n, k in partial.items()}}
+        rasters.update({n: [k.raster] for n, k in partial.items() if k.raster is not None})
         batch = max(sizes.values(), default=1)
         if any(s not in (1, batch) for s in sizes.values()):
             raise ModalityError(f"conditions carry different batch sizes {sizes}: give each input once per "
@@ -240,29 +281,35 @@ class CopGen:
         with parallel.logical_rules(self.rules):
             return parallel.batch_sharding(self.mesh, ndim)
 
-    def _sample(self, cond, generate, batch, n, key, **opts):
-        """Conditions (B, ...) -> every latent of the sequence as (B, N, ...) numpy arrays."""
+    def _sample(self, cond, generate, batch, n, key, known=None, **opts):
+        """Conditions (B, ...) -> every latent of the sequence as (B, N, ...) numpy arrays.
+
+        ``known``: name -> (clean latent (B, C, h, w), latent mask (B, h, w)), repeated per sample."""
+        known = known or {}
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         rows = batch * n
         padded = -(-rows // shards) * shards
         # Row r = b * N + j; padding repeats the last row (valid values, discarded after).
         take = np.minimum(np.arange(padded), rows - 1) // n
         placed = {k: jax.device_put(v[take], self._row_sharding(v.ndim)) for k, v in cond.items()}
-        fn = self._sampler(tuple(generate), tuple(sorted(cond)), padded, **opts)
+        held = {k: tuple(jax.device_put(a[take], self._row_sharding(a.ndim)) for a in v) for k, v in known.items()}
+        fn = self._sampler(tuple(generate), tuple(sorted(cond)), padded, tuple(sorted(known)), **opts)
         self._ticks = 0
-        self._steps_now = opts["steps"] * samplers.evaluations_per_step(opts["guidance"], bool(cond))
+        jumps = 1 + (opts["resample"] if known else 0)
+        self._steps_now = opts["steps"] * jumps * samplers.evaluations_per_step(opts["guidance"], bool(cond))
         with parallel.use_mesh(self.mesh, self.rules):
-            out = fn(self._params, key, placed)
+            out = fn(self._params, key, placed, held)
         return {k: np.asarray(v)[:rows].reshape(batch, n, *v.shape[1:]) for k, v in out.items()}
 
-    def _sampler(self, generate, given, rows, *, steps, sampler, eta, spacing, absent, guidance):
-        cache_key = (generate, given, rows, steps, sampler, float(eta), spacing, absent, float(guidance))
+    def _sampler(self, generate, given, rows, partial, *, steps, sampler, eta, spacing, absent, guidance, resample):
+        cache_key = (generate, given, rows, partial, steps, sampler, float(eta), spacing, absent, float(guidance),
+                     resample)
         if cache_key in self._samplers:
             return self._samplers[cache_key]
         shapes = {m.name: m.latent_shape for m in self.registry}
         graphdef = self._graphdef
 
-        def run(params, key, cond):
+        def run(params, key, cond, known):
             model = nnx.merge(graphdef, params)
 
             def network(latents, timesteps, present):
@@ -279,10 +326,12 @@ class CopGen:
 
             return samplers.sample(eps_fn, self.schedule, key, shapes=shapes, batch=rows, conditions=cond,
                                    generate=generate, absent="noise" if absent == "noise" else "drop",
-                                   steps=steps, sampler=sampler, eta=eta, spacing=spacing, guidance=guidance)
+                                   steps=steps, sampler=sampler, eta=eta, spacing=spacing, guidance=guidance,
+                                   known=known, resample=resample)
 
         row = {n: self._row_sharding(1 + len(shapes[n])) for n in shapes}
-        fn = jax.jit(run, in_shardings=(None, None, {n: row[n] for n in given}),
+        held = {n: (row[n], self._row_sharding(3)) for n in partial}
+        fn = jax.jit(run, in_shardings=(None, None, {n: row[n] for n in given}, held),
                      out_shardings={n: row[n] for n in (*generate, *given)})
         self._samplers[cache_key] = fn
         return fn

@@ -11,7 +11,8 @@ centre crop with the whole tile's transform, 4.38 km off).
 Invalid condition pixels (NaN or the file's nodata value) are filled with a
 neutral value, the band's median of valid pixels (class maps: the most frequent
 valid class), and counted in ``Raster.filled``: the model is then told nothing
-about holes that are not in the ground truth. ``nodata="error"`` refuses them.
+about holes that are not in the ground truth. ``nodata="error"`` refuses them; ``nodata="keep"``
+returns them as NaN (a partly known modality, ``inference/known.py``, takes them as unknown).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from copgen_jax.modalities import CATEGORICAL, Modality, ModalityError, Registry
 from copgen_jax import storage
 
 log = logging.getLogger(__name__)
-NODATA_MODES = ("fill", "error")
+NODATA_MODES = ("fill", "error", "keep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,8 @@ def _fill_invalid(m: Modality, data: np.ndarray, invalid: np.ndarray, path: str,
     n = int(invalid.sum())
     if not n:
         return data
+    if nodata == "keep":
+        return np.where(invalid, np.nan, data)
     if nodata == "error":
         raise ModalityError(f"{path}: {n} NaN/nodata pixels in {m.name}; fill them, or read with nodata='fill'")
     out = data.copy()
@@ -170,6 +173,22 @@ def read_condition(path, m: Modality, nodata: str = "fill") -> Raster:
         transform = src.transform if crs is not None else Affine.identity()
     filled = _fill_invalid(m, data, invalid, path, nodata)
     return Raster(filled, crs, transform, path, int(invalid.sum()))
+
+
+def read_mask(path, m: Modality) -> np.ndarray:
+    """A one-band GeoTIFF on ``m``'s grid as a boolean (H, W) mask: nonzero = known (NaN / nodata: not)."""
+    path = os.fspath(path)
+    if not storage.path(path).exists():
+        raise FileNotFoundError(f"mask {path} does not exist")
+    with _open_raster(path) as src:
+        if src.count != 1 or (src.height, src.width) != (m.size, m.size):
+            raise ModalityError(f"{path}: a mask of {src.count} band(s) of {src.width}x{src.height} px, but the "
+                                f"mask of {m.name} must be 1 band of {m.size}x{m.size} px (its {m.gsd:g} m grid), "
+                                "nonzero = known")
+        data = src.read(1).astype(np.float64)
+        valid = np.isfinite(data) if src.nodata is None or np.isnan(src.nodata) else np.isfinite(data) & (
+            data != src.nodata)
+    return valid & (np.nan_to_num(data) != 0)
 
 
 def write_raster(path, data: np.ndarray, m: Modality, footprint: Footprint | None, *,

@@ -26,7 +26,10 @@ def sample_stats(m: Modality, samples: np.ndarray, quantiles=(0.05, 0.5, 0.95)) 
     """Statistics of ``samples`` (B, N, *m.physical_shape) over the sample axis."""
     if m.kind == IMAGE:
         x = np.asarray(samples, np.float64)
-        out = {"mean": x.mean(1), "std": x.std(1)}
+        # About the first sample: the same statistics, but exact (mean = value, std = 0) where
+        # every sample agrees bit for bit, as they do on known pixels (inference/known.py).
+        first = x[:, :1]
+        out = {"mean": first[:, 0] + (x - first).mean(1), "std": (x - first).std(1)}
         out.update({quantile_name(q): v for q, v in zip(quantiles, np.quantile(x, quantiles, axis=1))})
         return {k: v.astype(np.float32) for k, v in out.items()}
     if m.kind == CATEGORICAL:
