@@ -10,6 +10,12 @@ quantiles; class maps ``mode``, ``uncertainty``) as GeoTIFFs beside them, ``shee
 (conditions | samples | mean | std) and ``summary.json`` (settings, generated scalars, files).
 The footprint is the conditioning GeoTIFFs'; with scalar conditions only, a footprint of
 the registry's size centred on --lat/--lon in its UTM zone.
+
+Gap filling: ``--known S2L2A_B02_B03_B04_B08=scene.tif --known-mask clear.tif`` generates that
+modality with its known pixels kept (exactly, std 0 there): the mask is a one-band GeoTIFF on
+the modality's grid, nonzero = known (``--known-mask NAME=PATH`` for one of several --known);
+or ``--known-nodata VALUE`` marks the unknown pixels by value; with neither, the file's own
+nodata / NaN pixels are the unknown ones.
 """
 from __future__ import annotations
 
@@ -43,9 +49,18 @@ flags.DEFINE_float("guidance", 1.0, "classifier-free guidance weight (1: plain c
 flags.DEFINE_enum("absent", None, ("drop", "noise", "mask"),
                   "modalities neither given nor generated (default: from the run's training)", flag_values=FLAGS)
 flags.DEFINE_multi_string("units", [], "e.g. S1RTC_vh_vv=db (repeat)", flag_values=FLAGS)
+flags.DEFINE_multi_string("known", [], "partly known modality as a GeoTIFF: generated with its known pixels kept "
+                          "(repeat)", flag_values=FLAGS)
+flags.DEFINE_multi_string("known-mask", [], "one-band GeoTIFF of the known pixels (nonzero = known), for every "
+                          "--known, or NAME=PATH for one", flag_values=FLAGS)
+flags.DEFINE_float("known-nodata", None, "the --known files' value of unknown pixels (instead of --known-mask)",
+                   flag_values=FLAGS)
+flags.DEFINE_integer("resample", 0, "RePaint jumps per step with --known (each costs a step's evaluations)",
+                     flag_values=FLAGS)
 flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
 flags.mark_flags_as_required(["workdir", "out"], flag_values=FLAGS)
-METAVARS = {"generate": "NAME", "condition": "NAME=PATH.tif", "units": "NAME=UNIT"}
+METAVARS = {"generate": "NAME", "condition": "NAME=PATH.tif", "units": "NAME=UNIT", "known": "NAME=PATH.tif",
+            "known-mask": "[NAME=]PATH.tif", "known-nodata": "VALUE"}
 
 
 def parse_args(argv=None):
@@ -86,6 +101,38 @@ def build_conditions(args, registry) -> dict:
     return conditions
 
 
+def build_known(args, registry) -> dict:
+    """--known files with their mask (--known-mask), nodata value (--known-nodata) or neither."""
+    from copgen_jax.inference import geo
+    known = _pairs(args.known, "--known")
+    if args.known_mask and args.known_nodata is not None:
+        raise ValueError("give --known-mask or --known-nodata, not both")
+    if (args.known_mask or args.known_nodata is not None) and not known:
+        raise ValueError("--known-mask / --known-nodata need a --known NAME=PATH")
+    masks = _masks(args.known_mask, known, registry)
+    for name, path in known.items():
+        if registry[name].is_scalar:
+            raise ValueError(f"--known {name}: a scalar modality takes --lat/--lon or --date")
+        if not storage.path(path).exists():
+            raise FileNotFoundError(f"--known {name}={path}: file not found")
+    return {n: (p, geo.read_mask(masks[n], registry[n]) if n in masks else args.known_nodata)
+            for n, p in known.items()}
+
+
+def _masks(items, known, registry) -> dict:
+    """--known-mask values -> {known name: mask path}: a bare PATH is every --known's mask."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if sep and name in registry.names:
+            if name not in known:
+                raise ValueError(f"--known-mask {item}: {name} has no --known {name}=PATH")
+            out[name] = path
+        else:
+            out.update({n: item for n in known})
+    return out
+
+
 class Progress:
     """A tqdm bar on stderr per sampling stage."""
 
@@ -115,19 +162,20 @@ def run(args) -> dict:
 
     workdir, _ = generate_load.run_dir(args.workdir, args.step)
     registry = registry_from_config(checkpoint.load_config(workdir))
-    if not args.generate:
+    if not args.generate and not args.known:
         raise ValueError(f"nothing to generate: pass --generate NAME, one of {', '.join(registry.names)}")
     for name in args.generate:
         registry[name]  # unknown names fail before any loading
     conditions = build_conditions(args, registry)
-    if not any(not registry[n].is_scalar for n in conditions) and args.lat is None:
+    known = build_known(args, registry)
+    if not any(not registry[n].is_scalar for n in (*conditions, *known)) and args.lat is None:
         raise ValueError("cannot place the outputs on the map: give a GeoTIFF --condition or --lat/--lon")
     units = _pairs(args.units, "--units")
     print(f"loading {args.workdir}", file=sys.stderr)
     model = CopGen.load(args.workdir, args.step)
     gen = model.generate(args.generate, conditions, n_samples=args.n_samples, seed=args.seed, steps=args.steps,
                          sampler=args.sampler, eta=args.eta, absent=args.absent, guidance=args.guidance,
-                         stats=True, units=units,
+                         stats=True, units=units, known=known, resample=args.resample,
                          progress=Progress())
     footprint = gen.footprints[0]
     if footprint is None:
