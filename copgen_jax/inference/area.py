@@ -15,7 +15,11 @@ native resolution, on one grid:
 * **Fusion** ``"step"`` (MultiDiffusion): the sampler runs on the area's latent canvas; at each
   step every window sees its slice, the network's ε predictions are averaged where windows
   overlap, and the solver updates the canvas. Samples are one coherent image, not tiles.
-  ``"none"``: every window sampled on its own (naive tiling, for comparison).
+  ``"neighbours"``: windows in waves (raster order, greedily grouped so that the windows of a
+  wave do not overlap); each wave is sampled with what earlier waves left in its overlaps held
+  as known latents (``samplers.sample``'s region conditioning), so a window continues its
+  neighbours instead of meeting them. ``"none"``: every window sampled on its own (naive
+  tiling, for comparison).
 * Windows go through the network ``window_batch`` at a time (rows sharded over the mesh's batch
   axes), so memory is bounded by the window batch, not by the area. Decoded windows are blended
   with tent weights (their decoders see one footprint each, as in training).
@@ -44,7 +48,7 @@ from copgen_jax.inference.stats import sample_stats
 from copgen_jax.codecs import LatLon
 from copgen_jax.modalities import CATEGORICAL, Modality, ModalityError
 
-FUSIONS = ("step", "none")
+FUSIONS = ("step", "neighbours", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,8 +259,9 @@ def generate_area(model, generate: Sequence[str] | str, conditions: Mapping, *, 
                               opts)
     else:
         cond = _encode_windows(model, {**windows, **scalars}, window_batch, jax.random.fold_in(key, 0))
-        canvas = _fused(model, generate, cond, layout, grid, n_samples, window_batch, jax.random.fold_in(key, 1),
-                        opts, progress)
+        fuse = _fused if fusion == "step" else _neighbours
+        canvas = fuse(model, generate, cond, layout, grid, n_samples, window_batch, jax.random.fold_in(key, 1),
+                      opts, progress)
         canvas = {n: _decode_canvas(model, reg[n], z, layout, grid, window_batch) for n, z in canvas.items()}
     summary = {n: sample_stats(reg[n], canvas[n][None], quantiles) for n in generate} if stats else {}
     settings = dict(generate=",".join(generate), given=",".join(sorted(conditions)), n_samples=n_samples,
@@ -422,3 +427,61 @@ def _fused_sampler(model, generate, given, n, wb, nb, canvas, opts, progress):
                                spacing=opts["spacing"], guidance=1.0)
 
     return jax.jit(run)
+
+
+# -- neighbour-conditioned windows ------------------------------------------------------------
+def waves(layout: Layout) -> list[list[int]]:
+    """Window indices in raster order, each put in the first wave none of whose windows it overlaps."""
+    out: list[list[int]] = []
+    for i, (r, c) in enumerate(layout.offsets):
+        apart = lambda j: max(abs(r - layout.offsets[j][0]), abs(c - layout.offsets[j][1])) >= layout.side - 1e-6  # noqa: E731
+        wave = next((w for w in out if all(apart(j) for j in w)), None)
+        if wave is None:
+            out.append([i])
+        else:
+            wave.append(i)
+    return out
+
+
+def _neighbours(model, generate, cond, layout, grid, n, batch, key, opts, progress) -> dict:
+    """Waves of windows, each sampled holding the latents earlier waves left in its overlaps.
+
+    Every sample has its own canvas, so a (window, sample) pair is one row of the sampler, and
+    its known part is that sample's canvas: the samples stay independent draws of the area.
+    """
+    reg = model.registry
+    shapes = {g: (reg[g].latent_shape[0], *grid.shape_for(reg[g].gsd * reg[g].downsample)) for g in generate}
+    canvas = {g: np.zeros((n, *shapes[g]), np.float32) for g in generate}
+    filled = {g: np.zeros(shapes[g][1:], bool) for g in generate}
+    offs = {g: layout.pixels(reg[g].gsd * reg[g].downsample) for g in generate}
+    todo = waves(layout)
+    chunks = [idx for wave in todo for idx in _chunks(len(wave), max(1, batch))]
+    done = 0
+    for w, wave in enumerate(todo):
+        wave = np.asarray(wave)
+        for c, part in enumerate(_chunks(len(wave), max(1, batch))):
+            wins = wave[part]
+            # Every call has ``batch`` windows (the last of a wave repeated), so the sampler compiles once.
+            padded = wins[np.minimum(np.arange(max(1, batch)), len(wins) - 1)]
+            rows = np.repeat(padded, n)  # row = window * n + sample
+            sample_of = np.tile(np.arange(n), len(padded))
+            known = {}
+            for g in generate:
+                h = reg[g].latent_shape[1]
+                z0 = np.stack([canvas[g][j, :, r:r + h, q:q + h] for (r, q), j in zip(offs[g][rows], sample_of)])
+                mask = np.stack([filled[g][r:r + h, q:q + h] for r, q in offs[g][rows]])
+                if mask.any():
+                    known[g] = (z0, mask)
+            out = model._sample({k: v[rows] for k, v in cond.items()}, generate, len(rows), 1,
+                                jax.random.fold_in(jax.random.fold_in(key, w), c), known=known, resample=0, **opts)
+            for g in generate:
+                h = reg[g].latent_shape[1]
+                real = slice(0, len(wins) * n)
+                for (r, q), j, z in zip(offs[g][rows[real]], sample_of[real], out[g][real, 0]):
+                    canvas[g][j, :, r:r + h, q:q + h] = z  # the known part comes back as it was
+                for r, q in offs[g][wins]:
+                    filled[g][r:r + h, q:q + h] = True
+            done += 1
+            if progress is not None:
+                progress("window batches", done, len(chunks))
+    return canvas

@@ -95,6 +95,42 @@ def test_independent_tiling_is_the_comparison_it_claims(model, big_world):
     assert len(res.layout.offsets) == 9 and res.settings["overlap_m"] == 0.0
 
 
+def test_waves_hold_no_overlapping_windows_and_every_window_once():
+    for width, count in ((5760.0, 4), (6240.0, 6)):  # 6240: the last column is pulled back, closer to its neighbour
+        layout = area.window_layout(area.AreaGrid(None, 0.0, 0.0, width, 5760.0), 1920.0, 960.0, 480.0)
+        waves = area.waves(layout)
+        assert sorted(i for w in waves for i in w) == list(range(len(layout.offsets)))
+        assert len(waves) == count  # half-footprint overlap: the four parities of (row, column)
+        for wave in waves:
+            for a in wave:
+                for b in wave:
+                    assert a == b or np.abs(layout.offsets[a] - layout.offsets[b]).max() >= 1920
+
+
+def test_neighbour_windows_hold_what_earlier_waves_left(model, big_world, monkeypatch):
+    calls = []
+    sample = model._sample
+
+    def recorded(cond, generate, batch, n, key, known=None, **opts):
+        out = sample(cond, generate, batch, n, key, known=known, **opts)
+        calls.append((known, out))
+        return out
+
+    monkeypatch.setattr(model, "_sample", recorded)
+    res = area.generate_area(model, [S2], big_world, n_samples=2, steps=2, fusion="neighbours", window_batch=8)
+    s2 = model.registry[S2]
+    assert res[S2].shape == (2, len(s2.bands), 3 * s2.size, 3 * s2.size) and np.isfinite(res[S2]).all()
+    assert not np.allclose(res[S2][0], res[S2][1])
+    first = -(-len(area.waves(res.layout)[0]) // 8)  # the first wave's calls start from nothing
+    assert all(known == {} for known, _ in calls[:first]) and all(known for known, _ in calls[first:])
+    assert len({len(out[S2]) for _, out in calls}) == 1  # one shape: compiled once
+    for known, out in calls[first:]:
+        z0, mask = known[S2]
+        held = np.broadcast_to(mask[:, None], z0.shape)
+        np.testing.assert_array_equal(out[S2][:, 0][held], z0[held])  # the overlaps came back as they were
+        assert not mask.all(axis=(1, 2)).all()  # and every window had something of its own to generate
+
+
 def _write(path, crs, transform, size=64):
     with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="float32", crs=crs,
                        transform=transform) as dst:
