@@ -44,6 +44,7 @@ from rasterio.warp import transform as warp_transform
 from copgen_jax import parallel, storage
 from copgen_jax.diffusion import samplers
 from copgen_jax.inference import geo
+from copgen_jax.inference.generation import Generation
 from copgen_jax.inference.stats import sample_stats
 from copgen_jax.codecs import LatLon
 from copgen_jax.modalities import CATEGORICAL, Modality, ModalityError
@@ -179,12 +180,32 @@ class AreaGeneration:
     registry: object
     seed: int
     settings: dict
+    conditions: dict = dataclasses.field(default_factory=dict)  # spatial conditions on the area, physical
 
     def __getitem__(self, name):
         return self.samples[name]
 
     def transform_for(self, name) -> Affine:
         return self.grid.transform_for(self.registry[name].gsd)
+
+    def as_generation(self):
+        """The area as a one-input ``Generation`` (batch axis of 1): for sheets and code written for footprints."""
+        return Generation({n: x[None] for n, x in self.samples.items()}, {n: x[None] for n, x in self.conditions.items()},
+                          {}, self.stats, [None], self.registry, self.seed, self.settings)
+
+
+def is_area(paths: Mapping[str, str], registry) -> bool:
+    """Whether a spatial condition GeoTIFF is not one footprint of its modality's pixels.
+
+    Such a raster (larger than a footprint, or at another resolution) is read onto an area grid
+    and resampled; one that is exactly a footprint is read as it is, as ``CopGen.generate`` does.
+    """
+    for name, path in paths.items():
+        if not registry[name].is_scalar:
+            with rasterio.open(path) as src:
+                if (src.width, src.height) != (registry[name].size,) * 2:
+                    return True
+    return False
 
 
 def write_area(out_dir, result: AreaGeneration) -> list[str]:
@@ -267,7 +288,7 @@ def generate_area(model, generate: Sequence[str] | str, conditions: Mapping, *, 
     settings = dict(generate=",".join(generate), given=",".join(sorted(conditions)), n_samples=n_samples,
                     fusion=fusion, overlap_m=float(layout.side - _stride(layout)), windows=len(layout.offsets),
                     resampling=",".join(f"{n}:{r}" for n, (_, r) in read.items()), seed=seed, **opts)
-    return AreaGeneration(canvas, summary, grid, layout, reg, seed, settings)
+    return AreaGeneration(canvas, summary, grid, layout, reg, seed, settings, {n: a for n, (a, _) in read.items()})
 
 
 def _stride(layout: Layout) -> float:

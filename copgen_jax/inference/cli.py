@@ -11,6 +11,13 @@ quantiles; class maps ``mode``, ``uncertainty``) as GeoTIFFs beside them, ``shee
 The footprint is the conditioning GeoTIFFs'; with scalar conditions only, a footprint of
 the registry's size centred on --lat/--lon in its UTM zone.
 
+Areas: condition GeoTIFFs larger than one footprint (any extent, a metric CRS) are generated
+over their common extent as one image per modality (``inference/area.py``): footprint windows
+overlapping by ``--overlap`` metres (default half a footprint) fused at every denoising step
+(``--fusion step``), conditioned on their neighbours (``neighbours``) or tiled side by side
+(``none``), ``--window-batch`` windows per network call. The outputs are the same files over the
+area's grid; ``summary.json`` adds the grid and the windows.
+
 Gap filling: ``--known S2L2A_B02_B03_B04_B08=scene.tif --known-mask clear.tif`` generates that
 modality with its known pixels kept (exactly, std 0 there): the mask is a one-band GeoTIFF on
 the modality's grid, nonzero = known (``--known-mask NAME=PATH`` for one of several --known);
@@ -57,6 +64,12 @@ flags.DEFINE_float("known-nodata", None, "the --known files' value of unknown pi
                    flag_values=FLAGS)
 flags.DEFINE_integer("resample", 0, "RePaint jumps per step with --known (each costs a step's evaluations)",
                      flag_values=FLAGS)
+flags.DEFINE_float("overlap", None, "areas: metres neighbouring windows share (default: half a footprint; none "
+                   "with --fusion none)", flag_values=FLAGS)
+flags.DEFINE_enum("fusion", "step", ("step", "neighbours", "none"), "areas: how overlapping windows are fused",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("window-batch", 8, "areas: footprint windows per network call (bounds the memory)",
+                     lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
 flags.mark_flags_as_required(["workdir", "out"], flag_values=FLAGS)
 METAVARS = {"generate": "NAME", "condition": "NAME=PATH.tif", "units": "NAME=UNIT", "known": "NAME=PATH.tif",
@@ -152,7 +165,7 @@ class Progress:
 
 
 def run(args) -> dict:
-    from copgen_jax.inference import geo
+    from copgen_jax.inference import area, geo
     from copgen_jax.inference import visualize
     from copgen_jax.inference.copgen import CopGen
     from copgen_jax.codecs import LatLon
@@ -171,6 +184,9 @@ def run(args) -> dict:
     if not any(not registry[n].is_scalar for n in (*conditions, *known)) and args.lat is None:
         raise ValueError("cannot place the outputs on the map: give a GeoTIFF --condition or --lat/--lon")
     units = _pairs(args.units, "--units")
+    rasters = {n: p for n, p in conditions.items() if not registry[n].is_scalar}
+    if area.is_area(rasters, registry):
+        return run_area(args, workdir, conditions, known, units)
     print(f"loading {args.workdir}", file=sys.stderr)
     model = CopGen.load(args.workdir, args.step)
     gen = model.generate(args.generate, conditions, n_samples=args.n_samples, seed=args.seed, steps=args.steps,
@@ -187,6 +203,33 @@ def run(args) -> dict:
                "footprint_corner": list(footprint.corner), "footprint_side_m": footprint.side,
                **{k: v for k, v in gen.settings.items() if k != "units"}, "units": units,
                "scalars": _scalars(gen, LatLon), "files": [os.fspath(storage.path(f).relative_to(storage.path(args.out))) for f in files]}
+    storage.write_text(storage.path(args.out) / "summary.json", json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def run_area(args, workdir, conditions, known, units) -> dict:
+    """Conditions larger than a footprint: one generation over their common extent."""
+    from copgen_jax.inference import area, visualize
+    from copgen_jax.inference.copgen import CopGen
+    if known:
+        raise ValueError("--known over an area: gap filling works on one footprint; crop the scene and its "
+                         "conditions to a footprint (or generate the area without --known)")
+    if units:
+        raise ValueError("--units over an area: give the area's rasters in the registry's units (S1 as linear "
+                         "power)")
+    print(f"loading {args.workdir}", file=sys.stderr)
+    model = CopGen.load(args.workdir, args.step)
+    result = model.generate_area(args.generate, conditions, n_samples=args.n_samples, seed=args.seed,
+                                 steps=args.steps, sampler=args.sampler, eta=args.eta, absent=args.absent,
+                                 guidance=args.guidance, overlap=args.overlap, fusion=args.fusion,
+                                 window_batch=args.window_batch, progress=Progress())
+    files = area.write_area(args.out, result)
+    files.append(visualize.sheet(result.as_generation(), storage.path(args.out) / "sheet.png"))
+    g = result.grid
+    summary = {"workdir": os.fspath(workdir), "seed": args.seed, "crs": str(g.crs), "area_corner": [g.x0, g.y0],
+               "area_m": [g.width, g.height], "window_offsets_m": result.layout.offsets.tolist(),
+               **result.settings,
+               "files": [os.fspath(storage.path(f).relative_to(storage.path(args.out))) for f in files]}
     storage.write_text(storage.path(args.out) / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 

@@ -20,6 +20,9 @@ A run directory (see ``copgen_jax.trainers.loop``, ``copgen_jax.latents.store``)
   3. Generated latents / scale factor -> tokenizer decoder -> registry denormalisation (class
      maps: argmax -> class codes): arrays (B, N, *m.physical_shape) in physical units.
 
+Rasters larger than one footprint: ``generate_area`` (``inference/area.py``), overlapping
+footprint windows fused at every step into one georeferenced image per modality.
+
 A generated modality may be partly known (``known=``, gap filling): its known latent pixels are
 held by the sampler and its known pixels pasted back after decoding (``inference/known.py``).
 
@@ -34,7 +37,6 @@ absent modalities masked out of attention (for checks and benchmarks; equal to "
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Callable, Mapping, Sequence
 
@@ -48,6 +50,7 @@ from copgen_jax import checkpoint, parallel
 from copgen_jax.inference import load as generate_load
 from copgen_jax.inference import geo
 from copgen_jax.inference import known as known_lib
+from copgen_jax.inference.generation import Generation
 from copgen_jax.diffusion import samplers
 from copgen_jax.diffusion.schedule import schedule_from_config
 from copgen_jax.inference.stats import sample_stats
@@ -56,33 +59,6 @@ from copgen_jax.modalities import CATEGORICAL, Modality, ModalityError, Registry
 
 ABSENT = ("drop", "noise", "mask")
 Progress = Callable[[str, int, int], None]
-
-
-@dataclasses.dataclass
-class Generation:
-    """What ``CopGen.generate`` returns; ``gen[name]`` is ``gen.samples[name]``.
-
-    samples: generated modality -> (B, N, *physical_shape) in physical units.
-    conditions: given modality -> (B, *physical_shape), as given (validated, broadcast to B).
-    latents: every modality in the sequence -> (B, N, *latent_shape), scaled as the backbone sees
-      them; conditions are the one encoded latent repeated, bit for bit, in every sample.
-    stats: generated modality -> {statistic: array over the N samples} (``stats=True``).
-    footprints: per input, the footprint of its GeoTIFF conditions (None without any).
-    known: partly known modality -> (B, H, W) mask of the pixels held exactly (True = known).
-    """
-
-    samples: dict
-    conditions: dict
-    latents: dict
-    stats: dict
-    footprints: list
-    registry: Registry
-    seed: int
-    settings: dict
-    known: dict = dataclasses.field(default_factory=dict)
-
-    def __getitem__(self, name):
-        return self.samples[name]
 
 
 def local_mesh():
@@ -192,6 +168,19 @@ class CopGen:
                         known=tuple(sorted(partial)), resample=resample)
         return Generation(samples, physical, latents, summary, footprints, self.registry, seed, settings,
                           {n: k.mask for n, k in partial.items()})
+
+    def generate_area(self, generate: Sequence[str] | str, conditions: Mapping, **options):
+        """``generate`` over the common extent of condition GeoTIFFs of any size: one image per modality.
+
+        Footprint windows overlap (``overlap`` metres, default half a footprint) and are fused
+        at every denoising step (``fusion="step"``), conditioned on their generated neighbours
+        (``"neighbours"``) or tiled independently (``"none"``); ``window_batch`` windows go
+        through the network at a time. Every other option is ``generate``'s. Returns an
+        ``area.AreaGeneration`` (``area.write_area`` writes its GeoTIFFs); ``inference/area.py``
+        documents the grid, the windows and the fusions.
+        """
+        from copgen_jax.inference import area
+        return area.generate_area(self, generate, conditions, **options)
 
     def encode(self, conditions: Mapping, *, seed: int = 0, units: Mapping | None = None) -> dict:
         """Physical-unit inputs (as ``generate`` takes them) -> the scaled latents the backbone sees."""

@@ -1,5 +1,6 @@
 """Areas of any extent: the window layout, step-fused sampling on the latent canvas, georeferencing, bad inputs."""
 import glob
+import json
 import os
 
 import numpy as np
@@ -129,6 +130,25 @@ def test_neighbour_windows_hold_what_earlier_waves_left(model, big_world, monkey
         held = np.broadcast_to(mask[:, None], z0.shape)
         np.testing.assert_array_equal(out[S2][:, 0][held], z0[held])  # the overlaps came back as they were
         assert not mask.all(axis=(1, 2)).all()  # and every window had something of its own to generate
+
+
+def test_copgen_sample_takes_conditions_of_any_extent(model, big_world, tmp_path_factory, tmp_path, capsys):
+    from copgen_jax.inference import cli
+    run = tiny_run_dir(tmp_path_factory)
+    args = ["--workdir", run, "--generate", S2, "--condition", f"{LULC}={big_world[LULC]}", "--n-samples", "2",
+            "--steps", "1", "--fusion", "none", "--window-batch", "9", "--out", str(tmp_path / "area")]
+    assert cli.main(args) == 0
+    summary = json.loads((tmp_path / "area" / "summary.json").read_text())
+    s2 = model.registry[S2]
+    assert summary["windows"] == 9 and summary["fusion"] == "none" and summary["area_m"] == [3 * 1920.0] * 2
+    assert {"S2L2A_B02_B03_B04_B08/sample_001.tif", "S2L2A_B02_B03_B04_B08/std.tif", "sheet.png"} <= set(
+        summary["files"])
+    with rasterio.open(tmp_path / "area" / S2 / "sample_000.tif") as out, rasterio.open(big_world[LULC]) as src:
+        assert (out.width, out.height) == (3 * s2.size, 3 * s2.size) and out.crs == src.crs
+    mask = tmp_path / "mask.tif"
+    _write(mask, "EPSG:32631", Affine(40.0, 0, 500000, 0, -40.0, 4000000), size=48)
+    assert cli.main(args[:-2] + ["--known", f"{S2}={big_world[LULC]}", "--out", str(tmp_path / "known")]) == 2
+    assert "--known over an area" in capsys.readouterr().err
 
 
 def _write(path, crs, transform, size=64):
