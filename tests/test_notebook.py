@@ -48,8 +48,10 @@ def test_notebook_executes(tmp_path_factory, tmp_path, monkeypatch, conditions):
     assert (out / "sheet.png").exists()
     assert (out / "geotiff" / "S2L2A_B02_B03_B04_B08" / "std.tif").exists()
     assert (out / "conditions" / "DEM_DEM.tif").exists()
+    assert (out / "gap_sheet.png").exists() and (out / "area_sheet.png").exists()
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "files written" in text and "footprint corner" in text
+    assert "std where known: 0.0 DN" in text and "9 windows, 3840 x 3840 m" in text
 
 
 def test_notebook_is_stored_without_outputs():
