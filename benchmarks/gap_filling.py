@@ -42,6 +42,7 @@ GAP_SHARE = (0.05, 0.8)  # a record's cloud mask is used as the gap when its clo
 
 FLAGS = flagparse.new()
 flags.DEFINE_string("workdir", "runs/demo", "a run with held-out pixel shards", flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "backbone checkpoint (default: the newest)", flag_values=FLAGS)
 flags.DEFINE_string("pixels", None, "pixel shard set (default WORKDIR/data/pixels)", flag_values=FLAGS)
 flags.DEFINE_string("split", "test", "held-out split", flag_values=FLAGS)
 flags.DEFINE_string("target", None, "modality to fill (default: the run's finest S2 L2A group)", flag_values=FLAGS)
@@ -123,7 +124,8 @@ def scores(target, samples, truth, gap):
 
 def main(argv=None) -> int:
     args = flagparse.parse(FLAGS, argv, prog="benchmarks/gap_filling.py", description=__doc__.split("\n")[0])
-    cg = CopGen.load(args.workdir)
+    step = args.step or max(int(p) for p in os.listdir(os.path.join(args.workdir, "checkpoints")) if p.isdigit())
+    cg = CopGen.load(args.workdir, step)
     reg = cg.registry
     target = pick_target(reg, args.target)
     cloud = next((m for m in reg if m.codec == CLOUD_CLASSES), None)
@@ -147,8 +149,8 @@ def main(argv=None) -> int:
         rows.append({"method": method, "resample": resample, "seconds": time.perf_counter() - start,
                      **scores(target, gen[target.name], truth, gap)})
 
-    print(f"gap filling of {target.name} on {len(recs)} {args.split} footprints (gaps: {', '.join(sources)}; "
-          f"{gap.mean():.0%} of pixels), given {', '.join(given) or 'nothing'}; "
+    print(f"gap filling of {target.name}, step {step}, on {len(recs)} {args.split} footprints "
+          f"(gaps: {', '.join(sources)}; {gap.mean():.0%} of pixels), given {', '.join(given) or 'nothing'}; "
           f"{args.samples} samples, {args.sampler} {args.steps} steps")
     print(f"{'method':<10}{'resample':>9}{'MAE':>9}{'CRPS':>9}{'cov5-95':>9}{'MAE edge':>10}{'s':>8}")
     for r in rows:
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(RESULTS, f"gap_filling_{os.path.basename(os.path.normpath(args.workdir))}.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"workdir": args.workdir, "target": target.name, "given": given, "split": args.split,
+        json.dump({"workdir": args.workdir, "step": step, "target": target.name, "given": given, "split": args.split,
                    "footprints": len(recs), "gap_sources": list(sources), "gap_share": float(gap.mean()),
                    "samples": args.samples, "steps": args.steps, "sampler": args.sampler, "seed": args.seed,
                    "units": "evaluation units (reflectance = DN / 1e4)", "rows": rows}, f, indent=2)
