@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Mapping, Sequence
 
 import jax
@@ -44,6 +45,7 @@ from rasterio.warp import transform as warp_transform
 from copgen_jax import parallel, storage
 from copgen_jax.diffusion import samplers
 from copgen_jax.inference import geo
+from copgen_jax.inference import known as known_lib
 from copgen_jax.inference.generation import Generation
 from copgen_jax.inference.stats import sample_stats
 from copgen_jax.codecs import LatLon
@@ -144,8 +146,8 @@ def _resampling(m: Modality, src_gsd: float) -> Resampling:
     return Resampling.average if coarser else Resampling.bilinear
 
 
-def read_area(path, m: Modality, grid: AreaGrid) -> tuple[np.ndarray, str]:
-    """A condition GeoTIFF on the area at ``m``'s GSD: physical (bands, H, W), and the resampling used."""
+def _reproject(path, m: Modality, grid: AreaGrid) -> tuple[np.ndarray, str]:
+    """A GeoTIFF of ``m`` on the area at ``m``'s GSD: (bands, H, W) float64, NaN where invalid or outside."""
     h, w = grid.shape_for(m.gsd)
     with rasterio.open(path) as src:
         order = geo._band_order(src, m, str(path))
@@ -156,8 +158,45 @@ def read_area(path, m: Modality, grid: AreaGrid) -> tuple[np.ndarray, str]:
         for i, band in enumerate(order):
             reproject(rasterio.band(src, band), out[i], src_nodata=src.nodata, dst_transform=grid.transform_for(m.gsd),
                       dst_crs=grid.crs, dst_nodata=np.nan, resampling=method)
-    invalid = ~np.isfinite(out)
-    return geo._fill_invalid(m, out.astype(np.float64), invalid, str(path), "fill"), method.name
+    return out.astype(np.float64), method.name
+
+
+def read_area(path, m: Modality, grid: AreaGrid) -> tuple[np.ndarray, str]:
+    """A condition GeoTIFF on the area at ``m``'s GSD: physical (bands, H, W), and the resampling used."""
+    out, method = _reproject(path, m, grid)
+    return geo._fill_invalid(m, out, ~np.isfinite(out), str(path), "fill"), method
+
+
+def _read_mask(path, m: Modality, grid: AreaGrid) -> np.ndarray:
+    """A one-band mask GeoTIFF (nonzero = known) on the area at ``m``'s GSD; outside the file: unknown."""
+    h, w = grid.shape_for(m.gsd)
+    out = np.zeros((h, w), np.float32)
+    with rasterio.open(path) as src:
+        if src.count != 1:
+            raise ModalityError(f"{path}: a known-pixel mask has one band (nonzero = known), this one {src.count}")
+        reproject(rasterio.band(src, 1), out, src_nodata=src.nodata, dst_transform=grid.transform_for(m.gsd),
+                  dst_crs=grid.crs, dst_nodata=0, resampling=Resampling.nearest)
+    return out != 0
+
+
+def read_known(value, m: Modality, grid: AreaGrid) -> known_lib.Known:
+    """A partly known modality over the area: (GeoTIFF, mask GeoTIFF | nodata value | None) -> ``Known`` (batch 1)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not isinstance(value[0], (str, os.PathLike)):
+        raise ModalityError(f"known[{m.name}] over an area: give (GeoTIFF path, mask GeoTIFF path | nodata value | "
+                            "None); the files place the pixels on the area")
+    path, spec = value
+    pixels, _ = _reproject(path, m, grid)
+    finite = np.isfinite(pixels).all(0)
+    if isinstance(spec, (str, os.PathLike)):
+        mask = _read_mask(spec, m, grid)
+    elif spec is None or (isinstance(spec, (int, float, np.number)) and not isinstance(spec, (bool, np.bool_))):
+        mask = finite if spec is None else (pixels != float(spec)).all(0)
+    else:
+        raise ModalityError(f"known[{m.name}] over an area: the mask is a GeoTIFF path (nonzero = known), a nodata "
+                            f"value or None, got {type(spec).__name__}")
+    mask = (mask & finite)[None]
+    known_lib.check(m, mask, finite[None])
+    return known_lib.Known(known_lib.fill(m, pixels[None], mask), mask)
 
 
 def window_latlon(grid: AreaGrid, layout: Layout) -> np.ndarray:
@@ -245,23 +284,36 @@ def generate_area(model, generate: Sequence[str] | str, conditions: Mapping, *, 
                   steps: int = 50, sampler: str = "ddim", eta: float = 0.0, spacing: str | None = None,
                   absent: str | None = None, guidance: float = 1.0, overlap: float | None = None,
                   fusion: str = "step", window_batch: int = 8, stats: bool = True,
-                  quantiles: Sequence[float] = (0.05, 0.5, 0.95), progress=None) -> AreaGeneration:
+                  quantiles: Sequence[float] = (0.05, 0.5, 0.95), known: Mapping | None = None, resample: int = 0,
+                  progress=None) -> AreaGeneration:
     """``generate`` over the common extent of ``conditions`` (GeoTIFF paths; scalars as values).
 
     overlap: metres shared by neighbouring windows (rounded to whole quanta; default half a
     footprint for ``fusion="step"``, none for ``"none"``). The model's location modality, when it
     has one and it is not given, is each window's own centre.
+    known: name -> (GeoTIFF, mask GeoTIFF (nonzero = known) | nodata value | None): a partly known
+    modality over the area (a cloudy scene), generated with its known part held, as
+    ``CopGen.generate(known=...)`` does on a footprint: the known pixels, encoded window by window,
+    make one clean latent canvas whose known latent pixels the sampler holds at every step; the
+    known pixels are pasted back after decoding. With ``"step"`` and ``"neighbours"``.
     """
     generate = (generate,) if isinstance(generate, str) else tuple(generate)
+    known = dict(known or {})
+    generate += tuple(n for n in known if n not in generate)
     if fusion not in FUSIONS:
         raise ValueError(f"fusion={fusion!r}: choose one of {FUSIONS}")
+    if known and fusion == "none":
+        raise ValueError("known pixels over an area need fusion='step' or 'neighbours' (windows tiled on their "
+                         "own cannot share one known canvas)")
     reg = model.registry
     spatial_given = {n: v for n, v in conditions.items() if not reg[n].is_scalar}
     if not spatial_given:
         raise ModalityError("an area needs at least one spatial condition (a GeoTIFF) to define its extent")
     mods = [reg[n] for n in (*generate, *spatial_given) if not reg[n].is_scalar]
     side, q = mods[0].size * mods[0].gsd, quantum(mods)
-    grid = area_grid(spatial_given, side, q)
+    grid = area_grid({**spatial_given, **{n: v[0] for n, v in known.items() if isinstance(v, (tuple, list))}},
+                     side, q)
+    partial = {n: read_known(v, reg[n], grid) for n, v in known.items()}
     overlap = (side / 2 if fusion == "step" else 0.0) if overlap is None else float(overlap)
     layout = window_layout(grid, side, overlap, q)
     read = {n: read_area(p, reg[n], grid) for n, p in spatial_given.items()}
@@ -280,14 +332,17 @@ def generate_area(model, generate: Sequence[str] | str, conditions: Mapping, *, 
                               opts)
     else:
         cond = _encode_windows(model, {**windows, **scalars}, window_batch, jax.random.fold_in(key, 0))
+        held = _known_canvas(model, partial, layout, grid, window_batch, jax.random.fold_in(key, 2))
         fuse = _fused if fusion == "step" else _neighbours
         canvas = fuse(model, generate, cond, layout, grid, n_samples, window_batch, jax.random.fold_in(key, 1),
-                      opts, progress)
+                      opts, progress, held, resample)
         canvas = {n: _decode_canvas(model, reg[n], z, layout, grid, window_batch) for n, z in canvas.items()}
+        canvas.update({n: known_lib.paste(canvas[n][None], k)[0] for n, k in partial.items()})
     summary = {n: sample_stats(reg[n], canvas[n][None], quantiles) for n in generate} if stats else {}
     settings = dict(generate=",".join(generate), given=",".join(sorted(conditions)), n_samples=n_samples,
                     fusion=fusion, overlap_m=float(layout.side - _stride(layout)), windows=len(layout.offsets),
-                    resampling=",".join(f"{n}:{r}" for n, (_, r) in read.items()), seed=seed, **opts)
+                    resampling=",".join(f"{n}:{r}" for n, (_, r) in read.items()), seed=seed,
+                    known=",".join(sorted(partial)), resample=resample, **opts)
     return AreaGeneration(canvas, summary, grid, layout, reg, seed, settings, {n: a for n, (a, _) in read.items()})
 
 
@@ -357,7 +412,24 @@ def _decode_canvas(model, m: Modality, z: np.ndarray, layout: Layout, grid: Area
     return x.astype(np.int64) if m.kind == CATEGORICAL else x
 
 
-def _fused(model, generate, cond, layout, grid, n, batch, key, opts, progress) -> dict:
+def _known_canvas(model, partial, layout, grid, batch, key) -> dict:
+    """Known pixels -> (clean latent canvas (C, Hl, Wl), latent mask (Hl, Wl)) per partly known modality.
+
+    Each window is encoded as a footprint (the tokenizer's context) and the window latents are
+    blended where windows overlap; a latent pixel is held when every pixel under it is known.
+    """
+    out = {}
+    for name, k in partial.items():
+        m = model.registry[name]
+        windows = _cut(k.pixels[0], layout.pixels(m.gsd), m.size)
+        z = _encode_windows(model, {name: windows}, batch, jax.random.fold_in(key, model.registry.index(name)))[name]
+        acc, weight = _blend(z[:, None].astype(np.float64), layout.pixels(m.gsd * m.downsample), m.latent_shape[1],
+                             grid.shape_for(m.gsd * m.downsample))
+        out[name] = ((acc[0] / weight).astype(np.float32), known_lib.latent_mask(k.mask, m.downsample)[0])
+    return out
+
+
+def _fused(model, generate, cond, layout, grid, n, batch, key, opts, progress, held=None, resample=0) -> dict:
     """The sampler on the area's latent canvas, ε averaged over overlapping windows at every step."""
     reg = model.registry
     shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"]
@@ -372,9 +444,12 @@ def _fused(model, generate, cond, layout, grid, n, batch, key, opts, progress) -
     cond_b = {k: v[take].reshape(nb, wb, *v.shape[1:]) for k, v in cond.items()}
     canvas = {g: (reg[g].latent_shape[0], *grid.shape_for(reg[g].gsd * reg[g].downsample)) for g in generate}
     count = {g: _coverage(offs[g].reshape(-1, 2)[:wins], reg[g].latent_shape[1], canvas[g][1:]) for g in generate}
-    run = _fused_sampler(model, tuple(generate), tuple(sorted(cond)), n, wb, nb, canvas, opts, progress)
+    held = {g: (np.broadcast_to(z0, (n, *z0.shape)), np.broadcast_to(mask, (n, *mask.shape)))
+            for g, (z0, mask) in (held or {}).items()}
+    run = _fused_sampler(model, tuple(generate), tuple(sorted(cond)), n, wb, nb, canvas, opts, progress,
+                         tuple(sorted(held)), resample)
     with parallel.use_mesh(model.mesh, model.rules):
-        out = run(model._params, key, cond_b, offs, jnp.asarray(weight), count)
+        out = run(model._params, key, cond_b, offs, jnp.asarray(weight), count, held)
     return {g: np.asarray(out[g]) for g in generate}
 
 
@@ -385,13 +460,14 @@ def _coverage(offsets, size, shape) -> np.ndarray:
     return c
 
 
-def _fused_sampler(model, generate, given, n, wb, nb, canvas, opts, progress):
+def _fused_sampler(model, generate, given, n, wb, nb, canvas, opts, progress, partial=(), resample=0):
     reg, schedule, graphdef = model.registry, model.schedule, model._graphdef
     absent, guidance = opts["absent"], opts["guidance"]
     noise_names = tuple(m.name for m in reg if m.name not in (*generate, *given)) if absent == "noise" else ()
     rows = wb * n
     ticks = {"done": 0}
-    total = opts["steps"] * nb * samplers.evaluations_per_step(guidance, bool(given))
+    total = opts["steps"] * (1 + (resample if partial else 0)) * nb * samplers.evaluations_per_step(
+        guidance, bool(given))
 
     def tick(_):
         ticks["done"] += 1
@@ -401,7 +477,7 @@ def _fused_sampler(model, generate, given, n, wb, nb, canvas, opts, progress):
     def place(x):
         return jax.lax.with_sharding_constraint(x, model._row_sharding(x.ndim))
 
-    def run(params, key, cond_b, offs, weight, count):
+    def run(params, key, cond_b, offs, weight, count, known):
         net = nnx.merge(graphdef, params)
 
         def window_eps(latents, t, b, with_conditions):
@@ -445,7 +521,8 @@ def _fused_sampler(model, generate, given, n, wb, nb, canvas, opts, progress):
 
         return samplers.sample(eps_fn, schedule, key, shapes=canvas, batch=n, conditions={}, generate=generate,
                                absent="drop", steps=opts["steps"], sampler=opts["sampler"], eta=opts["eta"],
-                               spacing=opts["spacing"], guidance=1.0)
+                               spacing=opts["spacing"], guidance=1.0, known=known,
+                               resample=resample if partial else 0)
 
     return jax.jit(run)
 
@@ -464,16 +541,18 @@ def waves(layout: Layout) -> list[list[int]]:
     return out
 
 
-def _neighbours(model, generate, cond, layout, grid, n, batch, key, opts, progress) -> dict:
+def _neighbours(model, generate, cond, layout, grid, n, batch, key, opts, progress, held=None, resample=0) -> dict:
     """Waves of windows, each sampled holding the latents earlier waves left in its overlaps.
 
     Every sample has its own canvas, so a (window, sample) pair is one row of the sampler, and
     its known part is that sample's canvas: the samples stay independent draws of the area.
+    Known latents (``held``) start on every canvas, as if generated by a wave before the first.
     """
-    reg = model.registry
+    reg, held = model.registry, held or {}
     shapes = {g: (reg[g].latent_shape[0], *grid.shape_for(reg[g].gsd * reg[g].downsample)) for g in generate}
-    canvas = {g: np.zeros((n, *shapes[g]), np.float32) for g in generate}
-    filled = {g: np.zeros(shapes[g][1:], bool) for g in generate}
+    canvas = {g: np.broadcast_to(held[g][0], (n, *shapes[g])).copy() if g in held
+              else np.zeros((n, *shapes[g]), np.float32) for g in generate}
+    filled = {g: held[g][1].copy() if g in held else np.zeros(shapes[g][1:], bool) for g in generate}
     offs = {g: layout.pixels(reg[g].gsd * reg[g].downsample) for g in generate}
     todo = waves(layout)
     chunks = [idx for wave in todo for idx in _chunks(len(wave), max(1, batch))]
@@ -494,7 +573,8 @@ def _neighbours(model, generate, cond, layout, grid, n, batch, key, opts, progre
                 if mask.any():
                     known[g] = (z0, mask)
             out = model._sample({k: v[rows] for k, v in cond.items()}, generate, len(rows), 1,
-                                jax.random.fold_in(jax.random.fold_in(key, w), c), known=known, resample=0, **opts)
+                                jax.random.fold_in(jax.random.fold_in(key, w), c), known=known,
+                                resample=resample if known else 0, **opts)
             for g in generate:
                 h = reg[g].latent_shape[1]
                 real = slice(0, len(wins) * n)

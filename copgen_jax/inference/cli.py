@@ -16,7 +16,8 @@ over their common extent as one image per modality (``inference/area.py``): foot
 overlapping by ``--overlap`` metres (default half a footprint) fused at every denoising step
 (``--fusion step``), conditioned on their neighbours (``neighbours``) or tiled side by side
 (``none``), ``--window-batch`` windows per network call. The outputs are the same files over the
-area's grid; ``summary.json`` adds the grid and the windows.
+area's grid; ``summary.json`` adds the grid and the windows. ``--known`` works over an area too
+(a cloudy scene larger than a footprint), with ``--fusion step`` or ``neighbours``.
 
 Gap filling: ``--known S2L2A_B02_B03_B04_B08=scene.tif --known-mask clear.tif`` generates that
 modality with its known pixels kept (exactly, std 0 there): the mask is a one-band GeoTIFF on
@@ -180,13 +181,13 @@ def run(args) -> dict:
     for name in args.generate:
         registry[name]  # unknown names fail before any loading
     conditions = build_conditions(args, registry)
+    rasters = {**{n: p for n, p in conditions.items() if not registry[n].is_scalar}, **_pairs(args.known, "--known")}
+    if area.is_area(rasters, registry):
+        return run_area(args, workdir, registry, conditions)
     known = build_known(args, registry)
     if not any(not registry[n].is_scalar for n in (*conditions, *known)) and args.lat is None:
         raise ValueError("cannot place the outputs on the map: give a GeoTIFF --condition or --lat/--lon")
     units = _pairs(args.units, "--units")
-    rasters = {n: p for n, p in conditions.items() if not registry[n].is_scalar}
-    if area.is_area(rasters, registry):
-        return run_area(args, workdir, conditions, known, units)
     print(f"loading {args.workdir}", file=sys.stderr)
     model = CopGen.load(args.workdir, args.step)
     gen = model.generate(args.generate, conditions, n_samples=args.n_samples, seed=args.seed, steps=args.steps,
@@ -207,14 +208,24 @@ def run(args) -> dict:
     return summary
 
 
-def run_area(args, workdir, conditions, known, units) -> dict:
+def area_known(args, registry) -> dict:
+    """--known files over an area: (path, mask file | --known-nodata | None), read onto the area's grid later."""
+    known = _pairs(args.known, "--known")
+    if args.known_mask and args.known_nodata is not None:
+        raise ValueError("give --known-mask or --known-nodata, not both")
+    masks = _masks(args.known_mask, known, registry)
+    for path in (*known.values(), *masks.values()):
+        if not storage.path(path).exists():
+            raise FileNotFoundError(f"--known / --known-mask {path}: file not found")
+    return {n: (p, masks.get(n, args.known_nodata)) for n, p in known.items()}
+
+
+def run_area(args, workdir, registry, conditions) -> dict:
     """Conditions larger than a footprint: one generation over their common extent."""
     from copgen_jax.inference import area, visualize
     from copgen_jax.inference.copgen import CopGen
-    if known:
-        raise ValueError("--known over an area: gap filling works on one footprint; crop the scene and its "
-                         "conditions to a footprint (or generate the area without --known)")
-    if units:
+    known = area_known(args, registry)
+    if args.units:
         raise ValueError("--units over an area: give the area's rasters in the registry's units (S1 as linear "
                          "power)")
     print(f"loading {args.workdir}", file=sys.stderr)
@@ -222,7 +233,8 @@ def run_area(args, workdir, conditions, known, units) -> dict:
     result = model.generate_area(args.generate, conditions, n_samples=args.n_samples, seed=args.seed,
                                  steps=args.steps, sampler=args.sampler, eta=args.eta, absent=args.absent,
                                  guidance=args.guidance, overlap=args.overlap, fusion=args.fusion,
-                                 window_batch=args.window_batch, progress=Progress())
+                                 window_batch=args.window_batch, known=known, resample=args.resample,
+                                 progress=Progress())
     files = area.write_area(args.out, result)
     files.append(visualize.sheet(result.as_generation(), storage.path(args.out) / "sheet.png"))
     g = result.grid

@@ -63,7 +63,7 @@ def read(m: Modality, value) -> Known:
     finite, mask = (np.broadcast_to(a, (batch, *a.shape[1:])) for a in (finite, mask))
     if raster is not None:
         mask = mask & finite  # a file's NaN / nodata pixels are never known
-    _check(m, mask, finite)
+    check(m, mask, finite)
     return Known(fill(m, pixels, mask), np.ascontiguousarray(mask), raster)
 
 
@@ -87,7 +87,8 @@ def _mask(m: Modality, spec, pixels, finite) -> np.ndarray:
     return mask
 
 
-def _check(m: Modality, mask, finite) -> None:
+def check(m: Modality, mask, finite) -> None:
+    """Some pixel known and some not, per input, and none of the known ones NaN."""
     for b, (row, ok) in enumerate(zip(mask, finite)):
         where = f"known[{m.name}]" + (f", input {b}" if len(mask) > 1 else "")
         if not row.any():

@@ -145,10 +145,34 @@ def test_copgen_sample_takes_conditions_of_any_extent(model, big_world, tmp_path
         summary["files"])
     with rasterio.open(tmp_path / "area" / S2 / "sample_000.tif") as out, rasterio.open(big_world[LULC]) as src:
         assert (out.width, out.height) == (3 * s2.size, 3 * s2.size) and out.crs == src.crs
-    mask = tmp_path / "mask.tif"
-    _write(mask, "EPSG:32631", Affine(40.0, 0, 500000, 0, -40.0, 4000000), size=48)
-    assert cli.main(args[:-2] + ["--known", f"{S2}={big_world[LULC]}", "--out", str(tmp_path / "known")]) == 2
-    assert "--known over an area" in capsys.readouterr().err
+    scene = tmp_path / "area" / S2 / "sample_000.tif"
+    assert cli.main(args[:-2] + ["--known", f"{S2}={scene}", "--out", str(tmp_path / "known")]) == 2
+    assert "fusion='step' or 'neighbours'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fusion", ["step", "neighbours"])
+def test_a_cloudy_scene_over_an_area_keeps_its_clear_pixels(model, big_world, tmp_path, fusion):
+    scene = area.generate_area(model, [S2], {LULC: big_world[LULC]}, n_samples=1, steps=1, fusion="none")
+    area.write_area(tmp_path, scene)
+    s2 = model.registry[S2]
+    with rasterio.open(tmp_path / S2 / "sample_000.tif") as src:
+        profile, truth = src.profile, src.read()
+    yy, xx = np.mgrid[:src.height, :src.width]
+    clear = (yy - 70) ** 2 + (xx - 60) ** 2 > 40 ** 2  # a round cloud across several windows
+    profile.update(count=1, dtype="uint8")
+    with rasterio.open(tmp_path / "clear.tif", "w", **profile) as dst:
+        dst.write(clear.astype(np.uint8)[None])
+    res = area.generate_area(model, [], {LULC: big_world[LULC]}, n_samples=2, steps=2, fusion=fusion, window_batch=9,
+                             known={S2: (str(tmp_path / S2 / "sample_000.tif"), str(tmp_path / "clear.tif"))})
+    out = res[S2]
+    assert out.shape == (2, len(s2.bands), *clear.shape)
+    np.testing.assert_array_equal(out[:, :, clear], np.broadcast_to(truth[:, clear], out[:, :, clear].shape))
+    std = res.stats[S2]["std"][0]
+    assert np.all(std[:, clear] == 0) and std[:, ~clear].mean() > 0
+    assert res.settings["known"] == S2
+    with pytest.raises(ValueError, match="fusion='step' or 'neighbours'"):
+        area.generate_area(model, [S2], {LULC: big_world[LULC]}, fusion="none",
+                           known={S2: (str(tmp_path / S2 / "sample_000.tif"), None)})
 
 
 def _write(path, crs, transform, size=64):
