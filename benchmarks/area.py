@@ -15,6 +15,10 @@ scaling  Seconds and peak resident memory of one step-fused generation against t
          own. Goal: time linear in area, memory flat (bounded by ``--window-batch``).
 
     python benchmarks/area.py --workdir=runs/demo [--places 2 --footprints 3 --samples 2 --steps 20]
+
+``--example DIR`` writes one unseen place's rasters instead (``<modality>.tif`` at native
+resolution, and ``clear.tif``: the clear sky of one of its cloudy dates, the world's own cloud
+mask), the inputs of the README's mosaic and gap-filling commands.
 """
 from __future__ import annotations
 
@@ -40,7 +44,8 @@ FLAGS = flagparse.new()
 flags.DEFINE_string("workdir", "runs/demo", "a trained run", flag_values=FLAGS)
 flags.DEFINE_list("benchmarks", ["seams", "scaling"], "seams, scaling", flag_values=FLAGS)
 flags.DEFINE_integer("places", 2, "held-out places for the seams", lower_bound=1, flag_values=FLAGS)
-flags.DEFINE_integer("footprints", 3, "the seams' area side, in footprints", lower_bound=2, flag_values=FLAGS)
+flags.DEFINE_integer("footprints", 3, "the seams' (and --example's) area side, in footprints", lower_bound=1,
+                     flag_values=FLAGS)
 flags.DEFINE_list("fusions", list(area_lib.FUSIONS), "fusions compared on the seams", flag_values=FLAGS)
 flags.DEFINE_list("sizes", ["1", "2", "4", "8"], "area sides (footprints) for the scaling", flag_values=FLAGS)
 flags.DEFINE_integer("samples", 2, "samples per area", lower_bound=1, flag_values=FLAGS)
@@ -48,6 +53,8 @@ flags.DEFINE_integer("steps", 20, "sampler steps", lower_bound=1, flag_values=FL
 flags.DEFINE_enum("sampler", "ddim", ("ddim", "dpm++"), "sampler", flag_values=FLAGS)
 flags.DEFINE_integer("window-batch", 8, "windows per network call", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=FLAGS)
+flags.DEFINE_string("example", None, "write an unseen place's rasters (conditions, S2 truth, the clear-sky mask "
+                    "of a cloudy date) of --footprints a side into this folder, and stop", flag_values=FLAGS)
 flags.DEFINE_integer("scaling-point", 0, "internal: run one scaling size and print its JSON", flag_values=FLAGS)
 flags.DEFINE_string("out", "benchmarks/results/area_demo.json", "JSON path", flag_values=FLAGS)
 
@@ -83,6 +90,37 @@ def write_area_files(root, registry, cell: str, side: int, seed: int) -> dict[st
                 dst.set_band_description(i, band)
         out[m.name] = path
     return out
+
+
+def cloudy_date_mask(cell: str, side: int, seed: int, lo=0.15, hi=0.6) -> tuple[np.ndarray, int]:
+    """The clear-sky mask (True = clear, 10 m) of the place's first date with ``lo``-``hi`` of its sky cloudy."""
+    from copgen_jax.datasets.synthetic.world import make_cell
+    for k in range(1, 40):
+        # The official registry keeps the cloud mask with S2 L1C; L1C and L2A of a date share their sky.
+        mask = make_cell(seed, cell, k, side, products=["Core-S2L1C"]).rasters["Core-S2L1C"]["cloud_mask"]
+        if lo <= (mask != 0).mean() <= hi:
+            return mask == 0, k
+    raise RuntimeError(f"{cell}: no date in 40 with {lo:.0%}-{hi:.0%} cloud")
+
+
+def write_example(out: str, cfg, registry, side: int) -> dict[str, str]:
+    """An unseen place, ``side`` footprints a side: one GeoTIFF per modality and ``clear.tif``."""
+    import shutil
+    cell = held_out_cells(cfg, 1)[0]
+    os.makedirs(out, exist_ok=True)
+    files = {n: shutil.copy(p, os.path.join(out, f"{n}.tif"))
+             for n, p in write_area_files(os.path.join(out, "world"), registry, cell, side,
+                                          cfg.pipeline.world_seed).items()}
+    clear, date = cloudy_date_mask(cell, side, cfg.pipeline.world_seed)
+    target = next(n for n in files if registry[n].product == TARGET_PRODUCT)
+    with rasterio.open(files[target]) as src:
+        profile = dict(src.profile, count=1, dtype="uint8", nodata=None)
+    with rasterio.open(os.path.join(out, "clear.tif"), "w", **profile) as dst:
+        dst.write(clear.astype(np.uint8)[None])
+        dst.update_tags(meaning="1 = clear sky (known), 0 = cloud or shadow", cloud_mask_of_date=str(date))
+    shutil.rmtree(os.path.join(out, "world"))
+    print(f"{cell}: {', '.join(files.values())} and clear.tif ({(~clear).mean():.0%} cloudy, from date {date})")
+    return {**files, "clear": os.path.join(out, "clear.tif")}
 
 
 # -- seams --------------------------------------------------------------------------------------
@@ -170,6 +208,10 @@ def main(argv=None) -> int:
     ARGS = flagparse.parse(FLAGS, argv, prog="python benchmarks/area.py", description=__doc__.split("\n\n")[0])
     raw = list(sys.argv[1:] if argv is None else argv)
     cfg = checkpoint.load_config(ARGS.workdir)
+    if ARGS.example:
+        from copgen_jax.modalities import registry_from_config
+        write_example(ARGS.example, cfg, registry_from_config(cfg), ARGS.footprints)
+        return 0
     model = CopGen.load(ARGS.workdir)
     target = next(m.name for m in model.registry if m.product == TARGET_PRODUCT and not m.is_scalar)
     given = [m.name for m in model.registry if m.product in GIVEN_PRODUCTS]
