@@ -14,7 +14,8 @@ native resolution, on one grid:
   latents are an exact slice of the area's latent canvas.
 * **Fusion** ``"step"`` (MultiDiffusion): the sampler runs on the area's latent canvas; at each
   step every window sees its slice, the network's ε predictions are averaged where windows
-  overlap, and the solver updates the canvas. Samples are one coherent image, not tiles.
+  overlap (weighted by a tent, highest at a window's centre), and the solver updates the
+  canvas. Samples are one coherent image, not tiles.
   ``"neighbours"``: windows in waves (raster order, greedily grouped so that the windows of a
   wave do not overlap); each wave is sampled with what earlier waves left in its overlaps held
   as known latents (``samplers.sample``'s region conditioning), so a window continues its
@@ -52,6 +53,7 @@ from copgen_jax.codecs import LatLon
 from copgen_jax.modalities import CATEGORICAL, Modality, ModalityError
 
 FUSIONS = ("step", "neighbours", "none")
+WEIGHTS = ("tent", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,8 +231,9 @@ class AreaGeneration:
 
     def as_generation(self):
         """The area as a one-input ``Generation`` (batch axis of 1): for sheets and code written for footprints."""
-        return Generation({n: x[None] for n, x in self.samples.items()}, {n: x[None] for n, x in self.conditions.items()},
-                          {}, self.stats, [None], self.registry, self.seed, self.settings)
+        return Generation({n: x[None] for n, x in self.samples.items()},
+                          {n: x[None] for n, x in self.conditions.items()}, {}, self.stats, [None], self.registry,
+                          self.seed, self.settings)
 
 
 def is_area(paths: Mapping[str, str], registry) -> bool:
@@ -285,11 +288,15 @@ def generate_area(model, generate: Sequence[str] | str, conditions: Mapping, *, 
                   absent: str | None = None, guidance: float = 1.0, overlap: float | None = None,
                   fusion: str = "step", window_batch: int = 8, stats: bool = True,
                   quantiles: Sequence[float] = (0.05, 0.5, 0.95), known: Mapping | None = None, resample: int = 0,
-                  progress=None) -> AreaGeneration:
+                  weights: str = "tent", progress=None) -> AreaGeneration:
     """``generate`` over the common extent of ``conditions`` (GeoTIFF paths; scalars as values).
 
     overlap: metres shared by neighbouring windows (rounded to whole quanta; default half a
-    footprint for ``fusion="step"``, none for ``"none"``). The model's location modality, when it
+    footprint for ``"step"`` and ``"neighbours"``, none for ``"none"``). weights: how step fusion
+    averages the windows' ε where they overlap: ``"tent"`` (each window weighted by a tent,
+    highest at its centre, so a window's edge enters the average with almost no weight) or
+    ``"uniform"`` (plain MultiDiffusion: a step in the mix wherever a window ends). The model's
+    location modality, when it
     has one and it is not given, is each window's own centre.
     known: name -> (GeoTIFF, mask GeoTIFF (nonzero = known) | nodata value | None): a partly known
     modality over the area (a cloudy scene), generated with its known part held, as
@@ -314,7 +321,9 @@ def generate_area(model, generate: Sequence[str] | str, conditions: Mapping, *, 
     grid = area_grid({**spatial_given, **{n: v[0] for n, v in known.items() if isinstance(v, (tuple, list))}},
                      side, q)
     partial = {n: read_known(v, reg[n], grid) for n, v in known.items()}
-    overlap = (side / 2 if fusion == "step" else 0.0) if overlap is None else float(overlap)
+    overlap = (side / 2 if fusion != "none" else 0.0) if overlap is None else float(overlap)
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: choose one of {WEIGHTS}")
     layout = window_layout(grid, side, overlap, q)
     read = {n: read_area(p, reg[n], grid) for n, p in spatial_given.items()}
     windows = {n: _cut(a, layout.pixels(reg[n].gsd), reg[n].size) for n, (a, _) in read.items()}
@@ -335,14 +344,14 @@ def generate_area(model, generate: Sequence[str] | str, conditions: Mapping, *, 
         held = _known_canvas(model, partial, layout, grid, window_batch, jax.random.fold_in(key, 2))
         fuse = _fused if fusion == "step" else _neighbours
         canvas = fuse(model, generate, cond, layout, grid, n_samples, window_batch, jax.random.fold_in(key, 1),
-                      opts, progress, held, resample)
+                      opts, progress, held, resample, weights)
         canvas = {n: _decode_canvas(model, reg[n], z, layout, grid, window_batch) for n, z in canvas.items()}
         canvas.update({n: known_lib.paste(canvas[n][None], k)[0] for n, k in partial.items()})
     summary = {n: sample_stats(reg[n], canvas[n][None], quantiles) for n in generate} if stats else {}
     settings = dict(generate=",".join(generate), given=",".join(sorted(conditions)), n_samples=n_samples,
                     fusion=fusion, overlap_m=float(layout.side - _stride(layout)), windows=len(layout.offsets),
                     resampling=",".join(f"{n}:{r}" for n, (_, r) in read.items()), seed=seed,
-                    known=",".join(sorted(partial)), resample=resample, **opts)
+                    known=",".join(sorted(partial)), resample=resample, weights=weights, **opts)
     return AreaGeneration(canvas, summary, grid, layout, reg, seed, settings, {n: a for n, (a, _) in read.items()})
 
 
@@ -429,7 +438,8 @@ def _known_canvas(model, partial, layout, grid, batch, key) -> dict:
     return out
 
 
-def _fused(model, generate, cond, layout, grid, n, batch, key, opts, progress, held=None, resample=0) -> dict:
+def _fused(model, generate, cond, layout, grid, n, batch, key, opts, progress, held=None, resample=0,
+           weights="tent") -> dict:
     """The sampler on the area's latent canvas, ε averaged over overlapping windows at every step."""
     reg = model.registry
     shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"]
@@ -443,20 +453,27 @@ def _fused(model, generate, cond, layout, grid, n, batch, key, opts, progress, h
     offs = {g: layout.pixels(reg[g].gsd * reg[g].downsample)[take].reshape(nb, wb, 2) for g in generate}
     cond_b = {k: v[take].reshape(nb, wb, *v.shape[1:]) for k, v in cond.items()}
     canvas = {g: (reg[g].latent_shape[0], *grid.shape_for(reg[g].gsd * reg[g].downsample)) for g in generate}
-    count = {g: _coverage(offs[g].reshape(-1, 2)[:wins], reg[g].latent_shape[1], canvas[g][1:]) for g in generate}
+    tents = {g: _window_weights(reg[g].latent_shape[1], weights) for g in generate}
+    count = {g: _coverage(offs[g].reshape(-1, 2)[:wins], tents[g], canvas[g][1:]) for g in generate}
     held = {g: (np.broadcast_to(z0, (n, *z0.shape)), np.broadcast_to(mask, (n, *mask.shape)))
             for g, (z0, mask) in (held or {}).items()}
     run = _fused_sampler(model, tuple(generate), tuple(sorted(cond)), n, wb, nb, canvas, opts, progress,
                          tuple(sorted(held)), resample)
     with parallel.use_mesh(model.mesh, model.rules):
-        out = run(model._params, key, cond_b, offs, jnp.asarray(weight), count, held)
+        out = run(model._params, key, cond_b, offs, jnp.asarray(weight), count, held, tents)
     return {g: np.asarray(out[g]) for g in generate}
 
 
-def _coverage(offsets, size, shape) -> np.ndarray:
+def _window_weights(size: int, weights: str) -> np.ndarray:
+    return (_tent(size) if weights == "tent" else np.ones((size, size))).astype(np.float32)
+
+
+def _coverage(offsets, window, shape) -> np.ndarray:
+    """The sum of the windows' weights (``window``: (h, w), or a side for weights of 1) over the canvas."""
+    window = np.ones((window, window), np.float32) if np.isscalar(window) else window
     c = np.zeros(shape, np.float32)
     for r, q in offsets:
-        c[r:r + size, q:q + size] += 1
+        c[r:r + window.shape[0], q:q + window.shape[1]] += window
     return c
 
 
@@ -477,7 +494,7 @@ def _fused_sampler(model, generate, given, n, wb, nb, canvas, opts, progress, pa
     def place(x):
         return jax.lax.with_sharding_constraint(x, model._row_sharding(x.ndim))
 
-    def run(params, key, cond_b, offs, weight, count, known):
+    def run(params, key, cond_b, offs, weight, count, known, tents):
         net = nnx.merge(graphdef, params)
 
         def window_eps(latents, t, b, with_conditions):
@@ -512,7 +529,7 @@ def _fused_sampler(model, generate, given, n, wb, nb, canvas, opts, progress, pa
                     c, h, w = reg[g].latent_shape
                     for i in range(wb):
                         start = (0, 0, offs[g][b, i, 0], offs[g][b, i, 1])
-                        patch = jax.lax.dynamic_slice(acc[g], start, (n, c, h, w)) + weight[b, i] * eps[g][i]
+                        patch = jax.lax.dynamic_slice(acc[g], start, (n, c, h, w)) + weight[b, i] * tents[g] * eps[g][i]
                         acc[g] = jax.lax.dynamic_update_slice(acc[g], patch, start)
                 return acc
 
@@ -541,12 +558,14 @@ def waves(layout: Layout) -> list[list[int]]:
     return out
 
 
-def _neighbours(model, generate, cond, layout, grid, n, batch, key, opts, progress, held=None, resample=0) -> dict:
+def _neighbours(model, generate, cond, layout, grid, n, batch, key, opts, progress, held=None, resample=0,
+                weights=None) -> dict:
     """Waves of windows, each sampled holding the latents earlier waves left in its overlaps.
 
     Every sample has its own canvas, so a (window, sample) pair is one row of the sampler, and
     its known part is that sample's canvas: the samples stay independent draws of the area.
     Known latents (``held``) start on every canvas, as if generated by a wave before the first.
+    ``weights`` is step fusion's: here no two predictions are averaged.
     """
     reg, held = model.registry, held or {}
     shapes = {g: (reg[g].latent_shape[0], *grid.shape_for(reg[g].gsd * reg[g].downsample)) for g in generate}
