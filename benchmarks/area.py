@@ -4,10 +4,13 @@ seams    On places the run never saw, the synthetic world rendered as one contig
          ``--footprints`` x ``--footprints`` footprints, S2 L2A generated from DEM + land cover
          over the whole area (``--samples`` samples) by each fusion: ``none`` (naive tiling,
          windows side by side, each sampled on its own), ``step`` (windows overlapping by half
-         a footprint, ε averaged in the overlaps at every step) and ``neighbours`` (windows in
+         a footprint, ε averaged in the overlaps at every step, tent-weighted; ``step:uniform``
+         with equal weights, plain MultiDiffusion) and ``neighbours`` (windows in
          waves, each conditioned on the latents its already generated neighbours left in the
          overlaps). Seam ratio = mean |difference| of adjacent pixels across the window borders
-         / the same elsewhere, on the generated images and on the truth at the same borders.
+         / the same across the other latent-pixel boundaries (a decoder draws each latent pixel
+         as a block, so every latent boundary is sharper than a block's inside: comparing like
+         with like leaves the seams), on the generated images and on the truth at the same lines.
          Goal: the generated ratio within 10% of the truth's. Also MAE to the truth and the
          seconds each fusion took.
 scaling  Seconds and peak resident memory of one step-fused generation against the area (1x1
@@ -46,7 +49,8 @@ flags.DEFINE_list("benchmarks", ["seams", "scaling"], "seams, scaling", flag_val
 flags.DEFINE_integer("places", 2, "held-out places for the seams", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("footprints", 3, "the seams' (and --example's) area side, in footprints", lower_bound=1,
                      flag_values=FLAGS)
-flags.DEFINE_list("fusions", list(area_lib.FUSIONS), "fusions compared on the seams", flag_values=FLAGS)
+flags.DEFINE_list("fusions", ["step", "step:uniform", "neighbours", "none"], "fusions compared on the seams "
+                  "(FUSION or step:WEIGHTS, WEIGHTS one of tent, uniform)", flag_values=FLAGS)
 flags.DEFINE_list("sizes", ["1", "2", "4", "8"], "area sides (footprints) for the scaling", flag_values=FLAGS)
 flags.DEFINE_integer("samples", 2, "samples per area", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("steps", 20, "sampler steps", lower_bound=1, flag_values=FLAGS)
@@ -132,16 +136,25 @@ def borders(layout, m) -> tuple[list[int], list[int]]:
     return rows, cols
 
 
-def seam_ratio(images: np.ndarray, rows, cols) -> float:
-    """Mean |adjacent-pixel difference| across the border rows / columns over that elsewhere; (..., H, W)."""
+def seam_ratio(images: np.ndarray, rows, cols, period: int) -> float:
+    """Mean |adjacent-pixel difference| across the border rows / columns over that across the other
+    latent-pixel boundaries (every ``period`` px); images (..., H, W).
+
+    Decoders draw each latent pixel as a ``period``-px block, so differences are larger across
+    any latent boundary than inside a block; comparing window borders (which are latent
+    boundaries) with the other latent boundaries measures the windows' seams alone.
+    """
+    def lines(n, borders):
+        at = np.zeros(n - 1, bool)
+        at[[b - 1 for b in borders if 0 < b < n]] = True
+        phase = (np.arange(1, n) % period) == 0
+        return at, phase & ~at
+
     dx, dy = np.abs(np.diff(images, axis=-1)), np.abs(np.diff(images, axis=-2))
-    cross_x = np.zeros(dx.shape[-1], bool)
-    cross_x[[c - 1 for c in cols if 0 < c < images.shape[-1]]] = True
-    cross_y = np.zeros(dy.shape[-2], bool)
-    cross_y[[r - 1 for r in rows if 0 < r < images.shape[-2]]] = True
-    across = np.concatenate([dx[..., cross_x].ravel(), dy[..., cross_y, :].ravel()])
-    inside = np.concatenate([dx[..., ~cross_x].ravel(), dy[..., ~cross_y, :].ravel()])
-    return float(across.mean() / inside.mean())
+    (bx, ox), (by, oy) = lines(images.shape[-1], cols), lines(images.shape[-2], rows)
+    across = np.concatenate([dx[..., bx].ravel(), dy[..., by, :].ravel()])
+    other = np.concatenate([dx[..., ox].ravel(), dy[..., oy, :].ravel()])
+    return float(across.mean() / other.mean())
 
 
 def seams(model, cfg, target: str, given, tmp) -> dict:
@@ -152,15 +165,17 @@ def seams(model, cfg, target: str, given, tmp) -> dict:
                                  cfg.pipeline.world_seed)
         row = {"cell": cell}
         for fusion in ARGS.fusions:
+            name, _, weights = fusion.partition(":")
             start = time.time()
             result = area_lib.generate_area(model, target, {n: files[n] for n in given}, n_samples=ARGS.samples,
-                                            seed=ARGS.seed, steps=ARGS.steps, sampler=ARGS.sampler,
-                                            fusion=fusion, window_batch=ARGS.window_batch, stats=False)
+                                            seed=ARGS.seed, steps=ARGS.steps, sampler=ARGS.sampler, fusion=name,
+                                            weights=weights or "tent", window_batch=ARGS.window_batch, stats=False)
             seconds = time.time() - start
             truth, _ = area_lib.read_area(files[target], m, result.grid)
             fake, real = eval_units(m, result[target]), eval_units(m, truth)
             lines = borders(result.layout, m)
-            row[fusion] = {"seam_ratio": seam_ratio(fake, *lines), "truth_seam_ratio": seam_ratio(real, *lines),
+            row[fusion] = {"seam_ratio": seam_ratio(fake, *lines, m.downsample),
+                           "truth_seam_ratio": seam_ratio(real, *lines, m.downsample),
                            "mae": float(np.abs(fake - real).mean()), "seconds": seconds,
                            "windows": len(result.layout.offsets), "overlap_m": result.settings["overlap_m"]}
             print(f"{cell} {fusion}: {row[fusion]}", flush=True)
