@@ -13,7 +13,7 @@ the registry's size centred on --lat/--lon in its UTM zone.
 
 Areas: condition GeoTIFFs larger than one footprint (any extent, a metric CRS) are generated
 over their common extent as one image per modality (``inference/area.py``): footprint windows
-overlapping by ``--overlap`` metres (default half a footprint) fused at every denoising step
+overlapping by ``--overlap`` metres (default three quarters of a footprint) fused at every denoising step
 (``--fusion step``), conditioned on their neighbours (``neighbours``) or tiled side by side
 (``none``), ``--window-batch`` windows per network call. The outputs are the same files over the
 area's grid; ``summary.json`` adds the grid and the windows. ``--known`` works over an area too
@@ -65,7 +65,7 @@ flags.DEFINE_float("known-nodata", None, "the --known files' value of unknown pi
                    flag_values=FLAGS)
 flags.DEFINE_integer("resample", 0, "RePaint jumps per step with --known (each costs a step's evaluations)",
                      flag_values=FLAGS)
-flags.DEFINE_float("overlap", None, "areas: metres neighbouring windows share (default: half a footprint; none "
+flags.DEFINE_float("overlap", None, "areas: metres neighbouring windows share (default: three quarters of a footprint; none "
                    "with --fusion none)", flag_values=FLAGS)
 flags.DEFINE_enum("fusion", "step", ("step", "neighbours", "none"), "areas: how overlapping windows are fused",
                   flag_values=FLAGS)

@@ -172,7 +172,7 @@ class CopGen:
     def generate_area(self, generate: Sequence[str] | str, conditions: Mapping, **options):
         """``generate`` over the common extent of condition GeoTIFFs of any size: one image per modality.
 
-        Footprint windows overlap (``overlap`` metres, default half a footprint) and are fused
+        Footprint windows overlap (``overlap`` metres, default three quarters of a footprint) and are fused
         at every denoising step (``fusion="step"``), conditioned on their generated neighbours
         (``"neighbours"``) or tiled independently (``"none"``); ``window_batch`` windows go
         through the network at a time. Every other option is ``generate``'s. Returns an

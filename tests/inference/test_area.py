@@ -71,7 +71,7 @@ def test_one_window_is_exactly_one_footprint_generation(model, small_world):
 @pytest.mark.parametrize("sampler,guidance", [("ddim", 1.0), ("dpm++", 2.0)])
 def test_an_area_is_one_georeferenced_image_per_modality(model, big_world, tmp_path, sampler, guidance):
     res = area.generate_area(model, [S2, DEM], {LULC: big_world[LULC]}, n_samples=2, steps=2, sampler=sampler,
-                             guidance=guidance, window_batch=4)
+                             guidance=guidance, window_batch=4, overlap=960)
     s2 = model.registry[S2]
     assert res.grid.width == res.grid.height == 3 * s2.size * s2.gsd
     assert len(res.layout.offsets) == 25  # half-footprint overlap: 5 x 5 windows
@@ -89,6 +89,12 @@ def test_an_area_is_one_georeferenced_image_per_modality(model, big_world, tmp_p
             np.testing.assert_allclose(out.read(), res[name][0], rtol=1e-6)
             assert out.tags()["fusion"] == "step" and "LULC_LULC:" in out.tags()["resampling"]
     assert str(tmp_path / S2 / "std.tif") in files
+
+
+def test_the_default_overlap_is_three_quarters_of_a_footprint():
+    grid = area.AreaGrid(None, 0.0, 0.0, 5760.0, 5760.0)
+    layout = area.window_layout(grid, 1920.0, 1440.0, 480.0)
+    assert len(layout.offsets) == 81 and area._stride(layout) == 480.0
 
 
 def test_independent_tiling_is_the_comparison_it_claims(model, big_world):
@@ -118,7 +124,8 @@ def test_neighbour_windows_hold_what_earlier_waves_left(model, big_world, monkey
         return out
 
     monkeypatch.setattr(model, "_sample", recorded)
-    res = area.generate_area(model, [S2], big_world, n_samples=2, steps=2, fusion="neighbours", window_batch=8)
+    res = area.generate_area(model, [S2], big_world, n_samples=2, steps=2, fusion="neighbours", window_batch=8,
+                             overlap=960)
     s2 = model.registry[S2]
     assert res[S2].shape == (2, len(s2.bands), 3 * s2.size, 3 * s2.size) and np.isfinite(res[S2]).all()
     assert not np.allclose(res[S2][0], res[S2][1])
@@ -163,6 +170,7 @@ def test_a_cloudy_scene_over_an_area_keeps_its_clear_pixels(model, big_world, tm
     with rasterio.open(tmp_path / "clear.tif", "w", **profile) as dst:
         dst.write(clear.astype(np.uint8)[None])
     res = area.generate_area(model, [], {LULC: big_world[LULC]}, n_samples=2, steps=2, fusion=fusion, window_batch=9,
+                             overlap=960,
                              known={S2: (str(tmp_path / S2 / "sample_000.tif"), str(tmp_path / "clear.tif"))})
     out = res[S2]
     assert out.shape == (2, len(s2.bands), *clear.shape)
