@@ -4,8 +4,9 @@ seams    On places the run never saw, the synthetic world rendered as one contig
          ``--footprints`` x ``--footprints`` footprints, S2 L2A generated from DEM + land cover
          over the whole area (``--samples`` samples) by each fusion: ``none`` (naive tiling,
          windows side by side, each sampled on its own), ``step`` (windows overlapping by half
-         a footprint, ε averaged in the overlaps at every step, tent-weighted; ``step:uniform``
-         with equal weights, plain MultiDiffusion) and ``neighbours`` (windows in
+         a footprint or more, ε averaged in the overlaps at every step, tent-weighted;
+         ``step:uniform`` with equal weights, plain MultiDiffusion; ``@960``: that overlap in
+         metres) and ``neighbours`` (windows in
          waves, each conditioned on the latents its already generated neighbours left in the
          overlaps). Seam ratio = mean |difference| of adjacent pixels across the window borders
          / the same across the other latent-pixel boundaries (a decoder draws each latent pixel
@@ -49,8 +50,9 @@ flags.DEFINE_list("benchmarks", ["seams", "scaling"], "seams, scaling", flag_val
 flags.DEFINE_integer("places", 2, "held-out places for the seams", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("footprints", 3, "the seams' (and --example's) area side, in footprints", lower_bound=1,
                      flag_values=FLAGS)
-flags.DEFINE_list("fusions", ["step", "step:uniform", "neighbours", "none"], "fusions compared on the seams "
-                  "(FUSION or step:WEIGHTS, WEIGHTS one of tent, uniform)", flag_values=FLAGS)
+flags.DEFINE_list("fusions", ["step", "step@960", "step:uniform@960", "neighbours@960", "none"],
+                  "fusions compared on the seams: FUSION[:WEIGHTS][@OVERLAP metres] (WEIGHTS tent or uniform; "
+                  "default overlap: generate_area's)", flag_values=FLAGS)
 flags.DEFINE_list("sizes", ["1", "2", "4", "8"], "area sides (footprints) for the scaling", flag_values=FLAGS)
 flags.DEFINE_integer("samples", 2, "samples per area", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("steps", 20, "sampler steps", lower_bound=1, flag_values=FLAGS)
@@ -165,11 +167,13 @@ def seams(model, cfg, target: str, given, tmp) -> dict:
                                  cfg.pipeline.world_seed)
         row = {"cell": cell}
         for fusion in ARGS.fusions:
-            name, _, weights = fusion.partition(":")
+            spec, _, overlap = fusion.partition("@")
+            name, _, weights = spec.partition(":")
             start = time.time()
             result = area_lib.generate_area(model, target, {n: files[n] for n in given}, n_samples=ARGS.samples,
                                             seed=ARGS.seed, steps=ARGS.steps, sampler=ARGS.sampler, fusion=name,
-                                            weights=weights or "tent", window_batch=ARGS.window_batch, stats=False)
+                                            weights=weights or "tent", overlap=float(overlap) if overlap else None,
+                                            window_batch=ARGS.window_batch, stats=False)
             seconds = time.time() - start
             truth, _ = area_lib.read_area(files[target], m, result.grid)
             fake, real = eval_units(m, result[target]), eval_units(m, truth)
@@ -252,10 +256,11 @@ def main(argv=None) -> int:
 def table(out) -> str:
     lines = []
     if "seams" in out:
-        lines += ["| fusion | seam ratio | truth's | MAE | seconds | windows |", "|---|---|---|---|---|---|"]
+        lines += ["| fusion | overlap (m) | windows | seam ratio | truth's | MAE | seconds |",
+                  "|---|---|---|---|---|---|---|"]
         for fusion, s in out["seams"]["summary"].items():
-            lines.append(f"| {fusion} | {s['seam_ratio']:.3f} | {s['truth_seam_ratio']:.3f} | {s['mae']:.4f} | "
-                         f"{s['seconds']:.1f} | {s['windows']:.0f} |")
+            lines.append(f"| {fusion} | {s['overlap_m']:.0f} | {s['windows']:.0f} | {s['seam_ratio']:.3f} | "
+                         f"{s['truth_seam_ratio']:.3f} | {s['mae']:.4f} | {s['seconds']:.1f} |")
     if "scaling" in out:
         lines += ["", "| footprints | km² | windows | seconds | with compilation | peak RSS (MB) |",
                   "|---|---|---|---|---|---|"]
