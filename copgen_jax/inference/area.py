@@ -21,6 +21,8 @@ native resolution, on one grid:
   as known latents (``samplers.sample``'s region conditioning), so a window continues its
   neighbours instead of meeting them. ``"none"``: every window sampled on its own (naive
   tiling, for comparison).
+* The two fused samplers live in ``inference/fusion.py``; this module lays out the windows,
+  reads and writes the rasters and decodes the canvas.
 * Windows go through the network ``window_batch`` at a time (rows sharded over the mesh's batch
   axes), so memory is bounded by the window batch, not by the area. Decoded windows are blended
   with tent weights (their decoders see one footprint each, as in training).
@@ -33,18 +35,16 @@ import os
 from typing import Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import rasterio
 from affine import Affine
-from flax import nnx
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 from rasterio.warp import transform as warp_transform
 
-from copgen_jax import parallel, storage
-from copgen_jax.diffusion import samplers
+from copgen_jax import storage
+from copgen_jax.inference import fusion as fusions
 from copgen_jax.inference import geo
 from copgen_jax.inference import known as known_lib
 from copgen_jax.inference.generation import Generation
@@ -52,7 +52,7 @@ from copgen_jax.inference.stats import sample_stats
 from copgen_jax.codecs import LatLon
 from copgen_jax.modalities import CATEGORICAL, Modality, ModalityError
 
-FUSIONS = ("step", "neighbours", "none")
+FUSIONS = ("step", "neighbours", "none")  # the first two in inference/fusion.py
 WEIGHTS = ("tent", "uniform")
 
 
@@ -344,7 +344,7 @@ def generate_area(model, generate: Sequence[str] | str, conditions: Mapping, *, 
     else:
         cond = _encode_windows(model, {**windows, **scalars}, window_batch, jax.random.fold_in(key, 0))
         held = _known_canvas(model, partial, layout, grid, window_batch, jax.random.fold_in(key, 2))
-        fuse = _fused if fusion == "step" else _neighbours
+        fuse = fusions.step_fused if fusion == "step" else fusions.neighbour_conditioned
         canvas = fuse(model, generate, cond, layout, grid, n_samples, window_batch, jax.random.fold_in(key, 1),
                       opts, progress, held, resample, weights)
         canvas = {n: _decode_canvas(model, reg[n], z, layout, grid, window_batch) for n, z in canvas.items()}
@@ -367,23 +367,19 @@ def _cut(area: np.ndarray, offsets: np.ndarray, size: int) -> np.ndarray:
     return np.stack([area[..., r:r + size, c:c + size] for r, c in offsets])
 
 
-def _chunks(n: int, size: int):
-    return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
-
-
 def _encode_windows(model, physical: Mapping, batch: int, key) -> dict:
     """Per-window physical conditions -> scaled latents (W, C, h, w), ``batch`` windows at a time."""
     n = len(next(iter(physical.values())))
     # The first chunk draws with ``key`` itself, as ``CopGen.generate`` does: one window is one footprint.
     parts = [model._encode({k: model.registry[k].normalize(v[idx]) for k, v in physical.items()},
-                           jax.random.fold_in(key, i) if i else key) for i, idx in enumerate(_chunks(n, batch))]
+                           jax.random.fold_in(key, i) if i else key) for i, idx in enumerate(fusions.chunks(n, batch))]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _independent(model, generate, physical, layout, grid, n, seed, batch, opts) -> dict:
     """Naive tiling: each window sampled on its own, decoded windows blended where they overlap."""
     parts = [model.generate(list(generate), {k: v[idx] for k, v in physical.items()}, n_samples=n, seed=seed + i,
-                            **opts) for i, idx in enumerate(_chunks(len(layout.offsets), batch))]
+                            **opts) for i, idx in enumerate(fusions.chunks(len(layout.offsets), batch))]
     out = {}
     for name in generate:
         m = model.registry[name]
@@ -394,15 +390,9 @@ def _independent(model, generate, physical, layout, grid, n, seed, batch, opts) 
     return out
 
 
-def _tent(size: int) -> np.ndarray:
-    """Separable blending weights, highest at a window's centre, small but non-zero at its edges."""
-    ramp = np.minimum(np.arange(size) + 0.5, size - np.arange(size) - 0.5) / (size / 2)
-    return np.outer(ramp, ramp)
-
-
 def _blend(windows: np.ndarray, offsets: np.ndarray, size: int, shape) -> tuple[np.ndarray, np.ndarray]:
     """Weighted sum over windows (W, N, C, size, size) placed at ``offsets`` -> (N, C, H, W), weights (H, W)."""
-    tent = _tent(size)
+    tent = fusions.tent(size)
     acc = np.zeros((*windows.shape[1:3], *shape))
     weight = np.zeros(shape)
     for (r, c), x in zip(offsets, windows):
@@ -440,175 +430,3 @@ def _known_canvas(model, partial, layout, grid, batch, key) -> dict:
     return out
 
 
-def _fused(model, generate, cond, layout, grid, n, batch, key, opts, progress, held=None, resample=0,
-           weights="tent") -> dict:
-    """The sampler on the area's latent canvas, ε averaged over overlapping windows at every step."""
-    reg = model.registry
-    shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"]
-    wb = min(batch, len(layout.offsets))
-    while (wb * n) % shards:
-        wb += 1
-    wins = len(layout.offsets)
-    nb = -(-wins // wb)
-    take = np.minimum(np.arange(nb * wb), wins - 1)
-    weight = (np.arange(nb * wb) < wins).astype(np.float32).reshape(nb, wb)  # padded windows add nothing
-    offs = {g: layout.pixels(reg[g].gsd * reg[g].downsample)[take].reshape(nb, wb, 2) for g in generate}
-    cond_b = {k: v[take].reshape(nb, wb, *v.shape[1:]) for k, v in cond.items()}
-    canvas = {g: (reg[g].latent_shape[0], *grid.shape_for(reg[g].gsd * reg[g].downsample)) for g in generate}
-    tents = {g: _window_weights(reg[g].latent_shape[1], weights) for g in generate}
-    count = {g: _coverage(offs[g].reshape(-1, 2)[:wins], tents[g], canvas[g][1:]) for g in generate}
-    held = {g: (np.broadcast_to(z0, (n, *z0.shape)), np.broadcast_to(mask, (n, *mask.shape)))
-            for g, (z0, mask) in (held or {}).items()}
-    run = _fused_sampler(model, tuple(generate), tuple(sorted(cond)), n, wb, nb, canvas, opts, progress,
-                         tuple(sorted(held)), resample)
-    with parallel.use_mesh(model.mesh, model.rules):
-        out = run(model._params, key, cond_b, offs, jnp.asarray(weight), count, held, tents)
-    return {g: np.asarray(out[g]) for g in generate}
-
-
-def _window_weights(size: int, weights: str) -> np.ndarray:
-    return (_tent(size) if weights == "tent" else np.ones((size, size))).astype(np.float32)
-
-
-def _coverage(offsets, window, shape) -> np.ndarray:
-    """The sum of the windows' weights (``window``: (h, w), or a side for weights of 1) over the canvas."""
-    window = np.ones((window, window), np.float32) if np.isscalar(window) else window
-    c = np.zeros(shape, np.float32)
-    for r, q in offsets:
-        c[r:r + window.shape[0], q:q + window.shape[1]] += window
-    return c
-
-
-def _fused_sampler(model, generate, given, n, wb, nb, canvas, opts, progress, partial=(), resample=0):
-    reg, schedule, graphdef = model.registry, model.schedule, model._graphdef
-    absent, guidance = opts["absent"], opts["guidance"]
-    noise_names = tuple(m.name for m in reg if m.name not in (*generate, *given)) if absent == "noise" else ()
-    rows = wb * n
-    ticks = {"done": 0}
-    total = opts["steps"] * (1 + (resample if partial else 0)) * nb * samplers.evaluations_per_step(
-        guidance, bool(given))
-
-    def tick(_):
-        ticks["done"] += 1
-        if progress is not None:
-            progress("windows x steps", min(ticks["done"], total), total)
-
-    def place(x):
-        return jax.lax.with_sharding_constraint(x, model._row_sharding(x.ndim))
-
-    def run(params, key, cond_b, offs, weight, count, known, tents):
-        net = nnx.merge(graphdef, params)
-
-        def window_eps(latents, t, b, with_conditions):
-            lat, tim = {}, {}
-            for g in generate:
-                c, h, w = reg[g].latent_shape
-                cut = jax.vmap(lambda o, g=g: jax.lax.dynamic_slice(latents[g], (0, 0, o[0], o[1]), (n, c, h, w)))
-                lat[g] = place(cut(offs[g][b]).reshape(rows, c, h, w))
-                tim[g] = jnp.full((rows,), t, jnp.int32)
-            if with_conditions:
-                for k in given:
-                    lat[k] = place(jnp.repeat(cond_b[k][b], n, axis=0))
-                    tim[k] = jnp.zeros((rows,), jnp.int32)
-            hidden = noise_names + (() if with_conditions or absent != "noise" else given)
-            keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, t), b), max(len(hidden), 1))
-            for k, name in zip(keys, hidden):
-                lat[name] = jax.random.normal(k, (rows, *reg[name].latent_shape), jnp.float32)
-                tim[name] = jnp.full((rows,), schedule.num_steps, jnp.int32)
-            jax.debug.callback(tick, b)
-            out = net(lat, tim)
-            return {g: schedule.eps(out[g], lat[g], tim[g]).reshape(wb, n, *reg[g].latent_shape) for g in generate}
-
-        def eps_fn(latents, timesteps, present):
-            t = timesteps[generate[0]][0]
-
-            def body(b, acc):
-                eps = window_eps(latents, t, b, True)
-                if guidance != 1 and given:
-                    free = window_eps(latents, t, b, False)
-                    eps = {g: free[g] + guidance * (eps[g] - free[g]) for g in generate}
-                for g in generate:
-                    c, h, w = reg[g].latent_shape
-                    for i in range(wb):
-                        start = (0, 0, offs[g][b, i, 0], offs[g][b, i, 1])
-                        patch = jax.lax.dynamic_slice(acc[g], start, (n, c, h, w)) + weight[b, i] * tents[g] * eps[g][i]
-                        acc[g] = jax.lax.dynamic_update_slice(acc[g], patch, start)
-                return acc
-
-            acc = jax.lax.fori_loop(0, nb, body, {g: jnp.zeros((n, *canvas[g]), jnp.float32) for g in generate})
-            return {g: acc[g] / count[g] for g in generate}
-
-        return samplers.sample(eps_fn, schedule, key, shapes=canvas, batch=n, conditions={}, generate=generate,
-                               absent="drop", steps=opts["steps"], sampler=opts["sampler"], eta=opts["eta"],
-                               spacing=opts["spacing"], guidance=1.0, known=known,
-                               resample=resample if partial else 0)
-
-    return jax.jit(run)
-
-
-# -- neighbour-conditioned windows ------------------------------------------------------------
-def waves(layout: Layout) -> list[list[int]]:
-    """Window indices in raster order, each put in the first wave none of whose windows it overlaps."""
-    out: list[list[int]] = []
-    for i, (r, c) in enumerate(layout.offsets):
-        apart = lambda j: max(abs(r - layout.offsets[j][0]), abs(c - layout.offsets[j][1])) >= layout.side - 1e-6  # noqa: E731
-        wave = next((w for w in out if all(apart(j) for j in w)), None)
-        if wave is None:
-            out.append([i])
-        else:
-            wave.append(i)
-    return out
-
-
-def _neighbours(model, generate, cond, layout, grid, n, batch, key, opts, progress, held=None, resample=0,
-                weights=None) -> dict:
-    """Waves of windows, each sampled holding the latents earlier waves left in its overlaps.
-
-    Every sample has its own canvas, so a (window, sample) pair is one row of the sampler, and
-    its known part is that sample's canvas: the samples stay independent draws of the area.
-    Known latents (``held``) start on every canvas, as if generated by a wave before the first.
-    ``weights`` is step fusion's: here no two predictions are averaged.
-    """
-    reg, held = model.registry, held or {}
-    shapes = {g: (reg[g].latent_shape[0], *grid.shape_for(reg[g].gsd * reg[g].downsample)) for g in generate}
-    canvas = {g: np.broadcast_to(held[g][0], (n, *shapes[g])).copy() if g in held
-              else np.zeros((n, *shapes[g]), np.float32) for g in generate}
-    filled = {g: held[g][1].copy() if g in held else np.zeros(shapes[g][1:], bool) for g in generate}
-    offs = {g: layout.pixels(reg[g].gsd * reg[g].downsample) for g in generate}
-    todo = waves(layout)
-    chunks = [idx for wave in todo for idx in _chunks(len(wave), max(1, batch))]
-    done = 0
-    for w, wave in enumerate(todo):
-        # A window that earlier waves (or the known pixels) already cover has nothing left to generate.
-        wave = np.asarray([i for i in wave if not all(
-            filled[g][r:r + reg[g].latent_shape[1], q:q + reg[g].latent_shape[1]].all()
-            for g in generate for r, q in [offs[g][i]])], np.int64)
-        for c, part in enumerate(_chunks(len(wave), max(1, batch))):
-            wins = wave[part]
-            # Every call has ``batch`` windows (the last of a wave repeated), so the sampler compiles once.
-            padded = wins[np.minimum(np.arange(max(1, batch)), len(wins) - 1)]
-            rows = np.repeat(padded, n)  # row = window * n + sample
-            sample_of = np.tile(np.arange(n), len(padded))
-            known = {}
-            for g in generate:
-                h = reg[g].latent_shape[1]
-                z0 = np.stack([canvas[g][j, :, r:r + h, q:q + h] for (r, q), j in zip(offs[g][rows], sample_of)])
-                mask = np.stack([filled[g][r:r + h, q:q + h] for r, q in offs[g][rows]])
-                if mask.any():
-                    known[g] = (z0, mask)
-            out = model._sample({k: v[rows] for k, v in cond.items()}, generate, len(rows), 1,
-                                jax.random.fold_in(jax.random.fold_in(key, w), c), known=known,
-                                resample=resample if known else 0, **opts)
-            for g in generate:
-                h = reg[g].latent_shape[1]
-                real = slice(0, len(wins) * n)
-                for (r, q), j, z in zip(offs[g][rows[real]], sample_of[real], out[g][real, 0]):
-                    canvas[g][j, :, r:r + h, q:q + h] = z  # the known part comes back as it was
-                for r, q in offs[g][wins]:
-                    filled[g][r:r + h, q:q + h] = True
-            done += 1
-            if progress is not None:
-                progress("window batches", done, len(chunks))
-    if progress is not None:  # covered windows were skipped: the bar ends at its total
-        progress("window batches", len(chunks), len(chunks))
-    return canvas

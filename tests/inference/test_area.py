@@ -10,7 +10,7 @@ from affine import Affine
 
 from copgen_jax import CopGen
 from copgen_jax.datasets import build
-from copgen_jax.inference import area
+from copgen_jax.inference import area, fusion
 from copgen_jax.modalities import OFFICIAL, ModalityError
 from tests.fixtures.sampling_run import DEM, LATLON, LULC, S2, tiny_run_dir
 
@@ -50,7 +50,7 @@ def test_windows_cover_every_pixel_on_whole_quanta(extent, overlap):
     grid = area.AreaGrid(None, 0.0, 0.0, float(extent), float(extent))
     layout = area.window_layout(grid, 1920.0, overlap, 480.0)
     assert np.all(layout.offsets % 480 == 0) and layout.offsets.max() == extent - 1920
-    cover = area._coverage(layout.pixels(480.0), 4, (extent // 480, extent // 480))
+    cover = fusion.coverage(layout.pixels(480.0), 4, (extent // 480, extent // 480))
     assert cover.min() >= 1  # every pixel covered
     if overlap and extent > 1920:
         assert cover.max() > 1  # neighbours overlap
@@ -105,7 +105,7 @@ def test_independent_tiling_is_the_comparison_it_claims(model, big_world):
 def test_waves_hold_no_overlapping_windows_and_every_window_once():
     for width, count in ((5760.0, 4), (6240.0, 6)):  # 6240: the last column is pulled back, closer to its neighbour
         layout = area.window_layout(area.AreaGrid(None, 0.0, 0.0, width, 5760.0), 1920.0, 960.0, 480.0)
-        waves = area.waves(layout)
+        waves = fusion.waves(layout)
         assert sorted(i for w in waves for i in w) == list(range(len(layout.offsets)))
         assert len(waves) == count  # half-footprint overlap: the four parities of (row, column)
         for wave in waves:
@@ -129,7 +129,7 @@ def test_neighbour_windows_hold_what_earlier_waves_left(model, big_world, monkey
     s2 = model.registry[S2]
     assert res[S2].shape == (2, len(s2.bands), 3 * s2.size, 3 * s2.size) and np.isfinite(res[S2]).all()
     assert not np.allclose(res[S2][0], res[S2][1])
-    first = -(-len(area.waves(res.layout)[0]) // 8)  # the first wave's calls start from nothing
+    first = -(-len(fusion.waves(res.layout)[0]) // 8)  # the first wave's calls start from nothing
     assert all(known == {} for known, _ in calls[:first]) and all(known for known, _ in calls[first:])
     assert len({len(out[S2]) for _, out in calls}) == 1  # one shape: compiled once
     for known, out in calls[first:]:
