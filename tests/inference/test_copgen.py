@@ -9,17 +9,7 @@ from copgen_jax import CopGen
 from copgen_jax.inference import geo
 from copgen_jax.inference.stats import sample_stats
 from copgen_jax.modalities import ModalityError
-from tests.fixtures.sampling_run import DATE, DEM, LATLON, LULC, S2, tiny_run_dir
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_run_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def model(run):
-    return CopGen.load(run)
+from tests.fixtures.sampling_run import DATE, DEM, LATLON, LULC, S2
 
 
 def conditions(batch=None):

@@ -5,23 +5,12 @@ import numpy as np
 import pytest
 import rasterio
 
-from copgen_jax import CopGen
 from copgen_jax.inference import cli, geo
 from copgen_jax.inference import known as known_lib
 from copgen_jax.modalities import ModalityError
-from tests.fixtures.sampling_run import DEM, LATLON, LULC, S2, tiny_run_dir
+from tests.fixtures.sampling_run import DEM, LATLON, LULC, S2
 
 SIDE = 48  # the tiny run's S2 side; its tokenizer downsamples by 4 (12 x 12 latent)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_run_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def model(run):
-    return CopGen.load(run)
 
 
 def scene(batch=None):
