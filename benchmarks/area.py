@@ -98,26 +98,16 @@ def write_area_files(root, registry, cell: str, side: int, seed: int) -> dict[st
     return out
 
 
-def cloudy_date_mask(cell: str, side: int, seed: int, lo=0.15, hi=0.6) -> tuple[np.ndarray, int]:
-    """The clear-sky mask (True = clear, 10 m) of the place's first date with ``lo``-``hi`` of its sky cloudy."""
-    from copgen_jax.datasets.synthetic.world import make_cell
-    for k in range(1, 40):
-        # The official registry keeps the cloud mask with S2 L1C; L1C and L2A of a date share their sky.
-        mask = make_cell(seed, cell, k, side, products=["Core-S2L1C"]).rasters["Core-S2L1C"]["cloud_mask"]
-        if lo <= (mask != 0).mean() <= hi:
-            return mask == 0, k
-    raise RuntimeError(f"{cell}: no date in 40 with {lo:.0%}-{hi:.0%} cloud")
-
-
 def write_example(out: str, cfg, registry, side: int) -> dict[str, str]:
     """An unseen place, ``side`` footprints a side: one GeoTIFF per modality and ``clear.tif``."""
     import shutil
+    from copgen_jax.datasets.synthetic.world import cloudy_sky
     cell = held_out_cells(cfg, 1)[0]
     os.makedirs(out, exist_ok=True)
     files = {n: shutil.copy(p, os.path.join(out, f"{n}.tif"))
              for n, p in write_area_files(os.path.join(out, "world"), registry, cell, side,
                                           cfg.pipeline.world_seed).items()}
-    clear, date = cloudy_date_mask(cell, side, cfg.pipeline.world_seed)
+    clear, date = cloudy_sky(cfg.pipeline.world_seed, cell, side)
     target = next(n for n in files if registry[n].product == TARGET_PRODUCT)
     with rasterio.open(files[target]) as src:
         profile = dict(src.profile, count=1, dtype="uint8", nodata=None)

@@ -1,13 +1,18 @@
 """Gap filling: does knowing the clear pixels of an S2 L2A scene help generate its cloudy part?
 
-On held-out footprints the gap is the record's own cloud mask (the run's cloud-mask modality
-resampled to the target's grid, every class but "Clear"), or, where the run has none or a
-record is almost clear or almost covered, a seeded synthetic blob mask. The gap is then filled
+On held-out footprints the gap is a real cloud mask: the record's own (the run's cloud-mask
+modality resampled to the target's grid, every class but "Clear"), or, for a run on the synthetic
+world without that modality (the demo), the world's cloud mask of another date of the same
+place (15-60 % of its sky cloudy); a seeded synthetic blob mask only where neither gives a gap of
+5-80 % of the footprint. The gap is then filled
 two ways from the same conditions (every modality of the run that is not an S2 product: DEM,
 land cover, S1, location, date; other S2 bands would leak the gap's content):
 
   fill      the clear pixels given as ``known`` (region conditioning), RePaint jumps 0 and 1;
-  generate  the whole footprint generated, the clear pixels not given.
+  generate  the whole footprint generated, the clear pixels not given;
+  baseline  the deterministic baseline (WORKDIR/baseline, trained by ``python -m copgen_jax.evaluate
+            --model=baseline``) predicting the whole footprint from the same conditions: one answer
+            repeated, so its CRPS is its MAE and its intervals have no width.
 
 Scored inside the gap against the record's pixels in evaluation units (reflectance = DN / 1e4):
 MAE of the sample mean, CRPS and 5-95 % interval coverage of the samples, and the MAE in a
@@ -30,11 +35,15 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from copgen_jax import flagparse  # noqa: E402
+from copgen_jax import checkpoint  # noqa: E402
 from copgen_jax.data.footprints import read_footprints  # noqa: E402
+from copgen_jax.datasets.synthetic.world import cloudy_sky  # noqa: E402
+from copgen_jax.evaluate.baseline import Baseline  # noqa: E402
 from copgen_jax.evaluate.data import eval_units  # noqa: E402
 from copgen_jax.evaluate.metrics import crps, interval_coverage, mae  # noqa: E402
 from copgen_jax.inference.copgen import CopGen  # noqa: E402
 from copgen_jax.modalities import CLOUD_CLASSES, IMAGE  # noqa: E402
+from copgen_jax.trainers.baseline import baseline_dir  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 S2_PRODUCTS = ("Core-S2L1C", "Core-S2L2A")
@@ -51,6 +60,8 @@ flags.DEFINE_integer("samples", 4, "samples per footprint", flag_values=FLAGS)
 flags.DEFINE_integer("steps", 10, "sampler steps", flag_values=FLAGS)
 flags.DEFINE_enum("sampler", "ddim", ("ddim", "dpm++"), "sampler", flag_values=FLAGS)
 flags.DEFINE_string("resample", "0,1", "RePaint jumps per step to compare (comma-separated)", flag_values=FLAGS)
+flags.DEFINE_bool("baseline", True, "add the deterministic baseline's row when WORKDIR/baseline exists",
+                  flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "sampling and blob seed", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/gap_filling_<run>.json)", flag_values=FLAGS)
 
@@ -88,13 +99,33 @@ def blob_mask(size, rng) -> np.ndarray:
     return gap
 
 
-def gap_for(rec, cloud, target, rng):
-    """(gap mask on the target's grid, where it came from)."""
+def world_sky(rec, world, target):
+    """The clear-sky mask of another date of the record's own place, when the run's data is the
+    synthetic world ``world`` = (seed, footprints per side); None when it has no such date."""
+    if world is None:
+        return None
+    seed, side = world
+    try:
+        clear, _ = cloudy_sky(seed, rec["cell_id"], side, skip=(int(rec["observation"]),))
+    except ValueError:
+        return None
+    px = clear.shape[0] // side
+    clear = clear[rec["row"] * px:(rec["row"] + 1) * px, rec["col"] * px:(rec["col"] + 1) * px]
+    near = np.arange(target.size) * px // target.size  # nearest 10 m pixel
+    return ~clear[np.ix_(near, near)]
+
+
+def gap_for(rec, cloud, world, target, rng):
+    """(gap mask on the target's grid, where it came from): the record's own cloud mask, else the
+    world's sky of another date of the place, else a seeded blob mask."""
     if cloud is not None and cloud.name in rec["pixels"]:
         near = np.arange(target.size) * cloud.size // target.size  # nearest cloud-mask pixel
         cloudy = rec["pixels"][cloud.name][0][np.ix_(near, near)] != CLOUD_CLASSES.codes[0]
         if GAP_SHARE[0] < cloudy.mean() < GAP_SHARE[1]:
             return cloudy, "cloud mask"
+    cloudy = world_sky(rec, world, target)
+    if cloudy is not None and GAP_SHARE[0] < cloudy.mean() < GAP_SHARE[1]:
+        return cloudy, "world sky"
     return blob_mask(target.size, rng), "blob"
 
 
@@ -134,18 +165,26 @@ def main(argv=None) -> int:
     recs = records(args.pixels or os.path.join(args.workdir, "data", "pixels"), reg, args.split,
                    [target.name, *given], args.cells)
     rng = np.random.default_rng(args.seed)
-    gaps, sources = zip(*(gap_for(r, cloud, target, rng) for r in recs))
+    cfg = checkpoint.load_config(args.workdir)
+    world = (cfg.pipeline.world_seed, cfg.pipeline.footprints_per_side) if cfg.task == "pipeline" else None
+    gaps, sources = zip(*(gap_for(r, cloud, world, target, rng) for r in recs))
     gap = np.stack(gaps)
     truth = np.stack([r["pixels"][target.name] for r in recs])
     conditions = {n: np.stack([r["pixels"][n] for r in recs]) for n in given}
     opts = dict(n_samples=args.samples, steps=args.steps, sampler=args.sampler, seed=args.seed)
 
-    runs = [("generate", 0, {})] + [("fill", int(r), {"known": {target.name: (truth, ~gap)}, "resample": int(r)})
-                                    for r in args.resample.split(",")]
+    runs = [("generate", 0, cg, {})] + [("fill", int(r), cg, {"known": {target.name: (truth, ~gap)},
+                                                                "resample": int(r)})
+                                        for r in args.resample.split(",")]
+    if args.baseline and os.path.exists(os.path.join(baseline_dir(args.workdir), "config.json")):
+        runs.append(("baseline", 0, Baseline.load(args.workdir), {}))
+    elif args.baseline:
+        print(f"no baseline in {baseline_dir(args.workdir)}: train it with `python -m copgen_jax.evaluate "
+              f"--workdir={args.workdir} --model=baseline` for its row")
     rows = []
-    for method, resample, extra in runs:
+    for method, resample, model, extra in runs:
         start = time.perf_counter()
-        gen = cg.generate([target.name], conditions, **opts, **extra)
+        gen = model.generate([target.name], conditions, **opts, **extra)
         rows.append({"method": method, "resample": resample, "seconds": time.perf_counter() - start,
                      **scores(target, gen[target.name], truth, gap)})
 

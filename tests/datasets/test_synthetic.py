@@ -221,3 +221,17 @@ def test_land_cover_follows_terrain_position():
         wet_low.append(wet[low].mean()), wet_high.append(wet[high].mean())
         dry_low.append(dry[low].mean()), dry_high.append(dry[high].mean())
     assert np.mean(wet_low) > 5 * np.mean(wet_high) and np.mean(dry_high) > 3 * np.mean(dry_low)
+
+
+def test_cloudy_sky_is_a_real_date_of_the_place_within_the_share():
+    from copgen_jax.datasets.synthetic.world import cloudy_sky
+    cell = sample_cells(3, 1)[0]
+    clear, date = cloudy_sky(3, cell, 1, lo=0.15, hi=0.6, skip=(0,))
+    assert clear.shape == (192, 192) and clear.dtype == bool and date != 0
+    assert 0.15 <= (~clear).mean() <= 0.6
+    sky = make_cell(3, cell, date, 1, products=["Core-S2L1C"]).rasters["Core-S2L1C"]["cloud_mask"]
+    np.testing.assert_array_equal(clear, sky == 0)
+    again, later = cloudy_sky(3, cell, 1, skip=range(date + 1))
+    assert later > date and not np.array_equal(again, clear)
+    with pytest.raises(ValueError, match="first 2 dates"):
+        cloudy_sky(3, cell, 1, lo=0.999, hi=1.0, dates=2)

@@ -146,3 +146,17 @@ def make_cell(seed: int, cell_id: str, observation: int = 0, footprints_per_side
             rasters.setdefault(m.product, {})[band] = _native(layers[band], factor, m.kind == CATEGORICAL)
     return SyntheticCell(cell_id, observation, scene.grid, scene.lat, scene.lon, scene.cond, scene.land,
                          {p: SENSORS[p].product_id(scene) for p in rasters}, rasters)
+
+
+def cloudy_sky(seed: int, cell_id: str, footprints_per_side: int, lo: float = 0.15, hi: float = 0.6,
+               skip: Iterable[int] = (0,), dates: int = 40) -> tuple[np.ndarray, int]:
+    """A realistic cloud gap: the clear-sky mask (True = clear, 10 m, the whole cell) of the cell's
+    first date, not in ``skip``, with ``lo``-``hi`` of its sky cloudy; -> (mask, that date)."""
+    skip = set(skip)
+    for k in (k for k in range(dates) if k not in skip):
+        # The official registry keeps the cloud mask with S2 L1C; L1C and L2A of a date share their sky.
+        mask = make_cell(seed, cell_id, k, footprints_per_side, products=["Core-S2L1C"]).rasters["Core-S2L1C"]
+        cloudy = mask["cloud_mask"] != 0
+        if lo <= cloudy.mean() <= hi:
+            return ~cloudy, k
+    raise ValueError(f"{cell_id}: none of its first {dates} dates has {lo:.0%}-{hi:.0%} of its sky cloudy")
