@@ -97,18 +97,20 @@ class CopGen:
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
-    def load(cls, path, step: int | None = None, *, mesh=None, tokenizers_dir=None, **kwargs) -> "CopGen":
+    def load(cls, path, step: int | None = None, *, mesh=None, tokenizers_dir=None, weights: str = "ema",
+             **kwargs) -> "CopGen":
         """Load ``<workdir>`` (newest checkpoint, or ``step``) or ``<workdir>/checkpoints/<step>``.
 
         Parameters are restored straight into their shardings on ``mesh`` (default: every
         local device on the data axis); tokenizers from ``<workdir>/tokenizers/<modality>/``.
+        weights: "ema" (the moving average, what sampling uses) or "raw" (the optimiser's last iterate).
         """
         workdir, step = generate_load.run_dir(path, step)
         cfg = checkpoint.load_config(workdir)
         registry = registry_from_config(cfg)
         autoencoders, registry = generate_load.load_autoencoders(tokenizers_dir or workdir / "tokenizers", registry)
         mesh = mesh if mesh is not None else local_mesh()
-        backbone = generate_load.restore_backbone(cfg, registry, workdir, step, mesh)
+        backbone = generate_load.restore_backbone(cfg, registry, workdir, step, mesh, weights)
         return cls(cfg, registry, backbone, autoencoders, mesh=mesh, **kwargs)
 
     # -- the public call ---------------------------------------------------------------

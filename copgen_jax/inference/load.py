@@ -54,12 +54,18 @@ def restore_into(abstract_module, path, shardings=None) -> nnx.Module:
     return nnx.merge(graphdef, restored)
 
 
-def restore_backbone(cfg, registry: Registry, workdir, step: int | None, mesh) -> nnx.Module:
-    """The EMA backbone of a run, read straight into its shardings on ``mesh``."""
+WEIGHTS = {"ema": "ema_params", "raw": "params"}  # which of a checkpoint's parameter sets samples
+
+
+def restore_backbone(cfg, registry: Registry, workdir, step: int | None, mesh, weights: str = "ema") -> nnx.Module:
+    """A run's backbone (its EMA, or with ``weights="raw"`` the optimiser's own parameters), read
+    straight into its shardings on ``mesh``."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {sorted(WEIGHTS)}, got {weights!r}")
     rules = parallel.rules_from_config(cfg.mesh)
     abstract = parallel.abstract_model(lambda: backbone_from_config(cfg, registry, nnx.Rngs(0)), mesh, rules)
     shardings = parallel.param_shardings(abstract, mesh, rules)
-    return restore_into(abstract, _item_path(workdir, step, "ema_params"), shardings)
+    return restore_into(abstract, _item_path(workdir, step, WEIGHTS[weights]), shardings)
 
 
 def load_autoencoders(tokenizers_dir, registry: Registry):

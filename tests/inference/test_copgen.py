@@ -39,6 +39,22 @@ def test_load_uses_tokenizer_scale_factors_and_presence_masks(run, model):
         CopGen.load(run, step=999)
 
 
+def test_load_the_raw_weights_beside_their_ema(run, model):
+    import orbax.checkpoint as ocp
+    from copgen_jax.inference.load import _item_path
+    raw = CopGen.load(run, weights="raw")
+    with ocp.StandardCheckpointer() as ckptr:
+        stored = ckptr.restore(_item_path(run, None, "params"))
+
+    def total(tree):  # order-free: the two trees name their leaves differently
+        return sum(float(np.asarray(x, np.float64).sum()) for x in jax.tree.leaves(tree))
+    assert len(jax.tree.leaves(stored)) == len(jax.tree.leaves(raw._params))
+    assert total(raw._params) == pytest.approx(total(stored), rel=1e-9)
+    assert total(raw._params) != pytest.approx(total(model._params), rel=1e-6)  # not the EMA
+    with pytest.raises(ValueError, match="weights must be one of"):
+        CopGen.load(run, weights="last")
+
+
 def test_a_centring_tokenizer_needs_its_recorded_shift(run, tmp_path):
     import json
     import shutil
