@@ -16,6 +16,9 @@ Benchmarks (``copgen_jax.evaluate.benchmarks``), on the held-out (``--split test
               class maps; interval coverage and CRPS.
   narrowing   mean per-pixel std of generated S2 L2A, interval coverage and CRPS as the
               conditioning grows: nothing -> DEM -> + land cover -> + S1 -> + S2 L1C.
+Calibration (tasks' images and narrowing levels): the coverage of the central sample interval of
+each nominal mass 0.1 .. 0.9 (``metrics.reliability``) and the PIT histogram, the truth's
+randomised rank among the samples in 10 bins (``metrics.pit_histogram``).
 The registry decides what is possible: a benchmark, task or level whose modalities the run
 lacks is skipped with a message.
 
@@ -25,12 +28,14 @@ missing or short of ``--train-baseline-steps``; default: as many steps as the di
 0 = never train) or ``both``, reported side by side.
 
 Output in ``--out`` (default ``DIR/eval``): ``results.json``, ``results.md``, ``stochastic.png``,
-``tasks.png``, ``narrowing.png``, and ``parts/`` — each finished (benchmark, model) result with
+``tasks.png``, ``narrowing.png``, ``reliability.png`` (reliability diagram: nominal against
+empirical coverage, a panel per task image and narrowing level), ``pit.png`` (their PIT
+histograms), and ``parts/`` — each finished (benchmark, model) result with
 the settings it was computed with, reused by a rerun with the same settings, so an interrupted
 evaluation resumes and adding a model computes only that model.
 
 ``results.json`` (non-finite numbers are null; a statistic ``S`` is {"mean", "std", "n"} over
-locations or observations, ``M`` a model label)::
+locations or observations, ``M`` a model label; a curve ``C`` is the same with lists, element-wise)::
 
     {workdir, pixels, split, locations, settings: {cells, samples, steps, sampler, seed, chunk, k},
      models: {M: {run, step}}, plots: [file names],
@@ -42,14 +47,16 @@ locations or observations, ``M`` a model label)::
                     example: {location, bands, real: [[band means]], M: [[band means]]}}
                    metric: precision recall nn_accuracy mmd wasserstein range_coverage
                            intra_real intra_generated
-       tasks: {name: {given, generated, description, examples,
-                      models: {M: {"<modality>/<metric>": S}}}}
+       tasks: {name: {given, generated, description, examples, reliability_levels: [0.1 .. 0.9],
+                      models: {M: {"<modality>/<metric>": S, "<modality>/reliability": C,
+                                   "<modality>/pit": C}}}}
               images: mae rmse psnr ssim (each also _best_of_n, _ensemble_mean),
-                      crps interval_coverage spread
+                      crps interval_coverage spread; reliability (coverage per level), pit
+                      (share of pixels per PIT bin)
               class maps: accuracy miou (each also _best_of_n, _mode), disagreement
-       narrowing: {generated, examples, skipped: [messages],
+       narrowing: {generated, examples, skipped: [messages], reliability_levels: [0.1 .. 0.9],
                    levels: [{label, given, models: {M: {pixel_std, interval_coverage, crps,
-                                                        mae_ensemble_mean: S}}}]}}}
+                                                        mae_ensemble_mean: S, reliability, pit: C}}}]}}}
 
 A benchmark or task the run cannot do is ``{"skipped": "<why>"}``.
 

@@ -5,8 +5,10 @@ the held-out footprint records grouped by location (``copgen_jax.data.footprints
 ``Settings``, and returns a JSON-ready dict. A benchmark (or task, or conditioning level)
 whose modality groups the run lacks is skipped with a ``"skipped"`` message, never invented.
 
-Per-example results are flat dicts ``{"<space or modality>/<metric>": float}``;
-``summarise`` turns a list of them into ``{key: {"mean", "std", "n"}}`` over the finite values.
+Per-example results are flat dicts ``{"<space or modality>/<metric>": value}``, a value a float
+or, for the calibration curves (``reliability`` per nominal level of ``metrics.RELIABILITY_LEVELS``,
+``pit`` per bin of the PIT histogram), a list; ``summarise`` turns a list of them into
+``{key: {"mean", "std", "n"}}`` over the finite values (element-wise for the curves).
 """
 from __future__ import annotations
 
@@ -49,15 +51,22 @@ class Settings:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """{key: {"mean", "std", "n"}} over the finite values of each key."""
+    """{key: {"mean", "std", "n"}} over the finite values of each key; a list-valued key (a curve)
+    gets element-wise lists over the rows whose whole curve is finite."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     out = {}
     for key in keys:
         v = np.asarray([r[key] for r in rows if key in r], np.float64)
-        v = v[np.isfinite(v)]
-        out[key] = {"mean": float(v.mean()) if len(v) else float("nan"),
-                    "std": float(v.std()) if len(v) else float("nan"), "n": int(len(v))}
+        v = v[np.isfinite(v.reshape(len(v), -1)).all(1)]
+        mean, std = (v.mean(0), v.std(0)) if len(v) else (np.full(v.shape[1:], np.nan),) * 2
+        out[key] = {"mean": mean.tolist(), "std": std.tolist(), "n": int(len(v))}
     return out
+
+
+def calibration(truth: np.ndarray, samples: np.ndarray, seed=0) -> dict:
+    """The calibration curves of one truth against its N samples (N, *truth.shape), as lists."""
+    return {"reliability": metrics.reliability(truth, samples).tolist(),
+            "pit": metrics.pit_histogram(truth, samples, seed=seed).tolist()}
 
 
 def _locations(groups: dict, cells: int) -> list:
@@ -147,8 +156,9 @@ def stochastic(models: dict, registry: Registry, groups: dict, s: Settings) -> d
 
 
 # -- pointwise tasks ------------------------------------------------------------------------
-def image_metrics(truth: np.ndarray, samples: np.ndarray) -> dict:
-    """One image (C, H, W) against its N samples (N, C, H, W), evaluation units; band-averaged."""
+def image_metrics(truth: np.ndarray, samples: np.ndarray, seed=0) -> dict:
+    """One image (C, H, W) against its N samples (N, C, H, W), evaluation units; band-averaged
+    (``seed``: the PIT's randomising draws)."""
     fns = {"mae": metrics.mae, "rmse": metrics.rmse, "psnr": metrics.psnr}
     if min(truth.shape[-2:]) >= SSIM_WINDOW:
         fns["ssim"] = metrics.ssim
@@ -160,7 +170,7 @@ def image_metrics(truth: np.ndarray, samples: np.ndarray) -> dict:
         out[f"{key}_best_of_n"] = float(best[key](per_sample))
         out[f"{key}_ensemble_mean"] = float(np.mean(fn(samples.mean(0), truth)))
     out.update(interval_coverage=metrics.interval_coverage(truth, samples), crps=metrics.crps(truth, samples),
-               spread=float(samples.std(0).mean()))
+               spread=float(samples.std(0).mean()), **calibration(truth, samples, seed))
     return out
 
 
@@ -177,13 +187,13 @@ def class_metrics(truth: np.ndarray, samples: np.ndarray, k: int) -> dict:
             "disagreement": float(1.0 - votes.max(0).mean() / len(samples))}
 
 
-def pointwise(registry: Registry, names, truth: dict, samples: dict) -> dict:
+def pointwise(registry: Registry, names, truth: dict, samples: dict, seed=0) -> dict:
     """{"<modality>/<metric>": value} for one example: truth (*physical), samples (N, *physical)."""
     row = {}
     for n in names:
         m = registry[n]
         t, x = eval_units(m, truth[n]), eval_units(m, samples[n])
-        got = class_metrics(t, x, m.num_classes) if m.kind == CATEGORICAL else image_metrics(t, x)
+        got = class_metrics(t, x, m.num_classes) if m.kind == CATEGORICAL else image_metrics(t, x, seed)
         row.update({f"{n}/{k}": v for k, v in got.items()})
     return row
 
@@ -203,7 +213,8 @@ def tasks(models: dict, registry: Registry, groups: dict, s: Settings, only=None
         if not records:
             out[name] = _skip(f"task {name}", f"no held-out footprint has {', '.join(given + target)}")
             continue
-        res = {"given": list(given), "generated": list(target), "examples": len(records), "models": {},
+        res = {"given": list(given), "generated": list(target), "examples": len(records),
+               "reliability_levels": list(metrics.RELIABILITY_LEVELS), "models": {},
                "description": " + ".join(g.label(registry) for g in given_groups) + " -> "
                + " + ".join(g.label(registry) for g in target_groups)}
         conditions = {n: stack(records, n) for n in given}
@@ -211,7 +222,7 @@ def tasks(models: dict, registry: Registry, groups: dict, s: Settings, only=None
             samples = generate_batched(model, target, conditions, len(records), s.samples,
                                        chunk=min(s.chunk, len(records)), seed=s.seed, steps=s.steps,
                                        sampler=s.sampler, progress=Progress(f"task {name} [{label}]", len(records)))
-            rows = [pointwise(registry, target, r["pixels"], {n: samples[n][i] for n in target})
+            rows = [pointwise(registry, target, r["pixels"], {n: samples[n][i] for n in target}, seed=(s.seed, i))
                     for i, r in enumerate(records)]
             res["models"][label] = summarise(rows)
         out[name] = res
@@ -233,14 +244,16 @@ def narrowing_levels(registry: Registry) -> tuple[list[tuple[str, tuple]], list[
     return levels, skipped
 
 
-def spread_metrics(registry: Registry, names, truth: dict, samples: dict) -> dict:
-    """Per-pixel std over the N samples, calibration and ensemble-mean MAE; averaged over groups."""
+def spread_metrics(registry: Registry, names, truth: dict, samples: dict, seed=0) -> dict:
+    """Per-pixel std over the N samples, calibration (and its curves) and ensemble-mean MAE;
+    averaged over groups."""
     parts = []
     for n in names:
         t, x = eval_units(registry[n], truth[n]), eval_units(registry[n], samples[n])
         parts.append({"pixel_std": float(x.std(0).mean()), "interval_coverage": metrics.interval_coverage(t, x),
-                      "crps": metrics.crps(t, x), "mae_ensemble_mean": float(np.abs(x.mean(0) - t).mean())})
-    return {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
+                      "crps": metrics.crps(t, x), "mae_ensemble_mean": float(np.abs(x.mean(0) - t).mean()),
+                      **calibration(t, x, seed)})
+    return {k: np.mean([p[k] for p in parts], 0).tolist() for k in parts[0]}
 
 
 def narrowing(models: dict, registry: Registry, groups: dict, s: Settings) -> dict:
@@ -252,7 +265,8 @@ def narrowing(models: dict, registry: Registry, groups: dict, s: Settings) -> di
     records = [r for loc in _locations(groups, s.cells) for r in complete(groups[loc], levels[-1][1] + target)]
     if not records:
         return _skip("narrowing", f"no held-out footprint has {', '.join(levels[-1][1] + target)}")
-    out = {"generated": list(target), "examples": len(records), "skipped": skipped, "levels": []}
+    out = {"generated": list(target), "examples": len(records), "skipped": skipped,
+           "reliability_levels": list(metrics.RELIABILITY_LEVELS), "levels": []}
     for label, given in levels:
         level = {"label": label, "given": list(given), "models": {}}
         for name, model in models.items():
@@ -260,7 +274,7 @@ def narrowing(models: dict, registry: Registry, groups: dict, s: Settings) -> di
                                        chunk=min(s.chunk, len(records)), seed=s.seed, steps=s.steps,
                                        sampler=s.sampler, progress=Progress(f"narrowing {label} [{name}]", len(records)))
             level["models"][name] = summarise([spread_metrics(registry, target, r["pixels"],
-                                                              {n: samples[n][i] for n in target})
+                                                              {n: samples[n][i] for n in target}, seed=(s.seed, i))
                                                for i, r in enumerate(records)])
         out["levels"].append(level)
     return out

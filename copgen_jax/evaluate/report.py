@@ -1,4 +1,9 @@
-"""The evaluation report: a Markdown table per benchmark (models side by side) and PNG plots."""
+"""The evaluation report: a Markdown table per benchmark (models side by side) and PNG plots.
+
+Calibration (tasks and narrowing levels that carry the ``reliability`` and ``pit`` curves): a
+table of nominal against empirical central-interval coverage and a PIT summary under each task
+and the narrowing table, ``reliability.png`` (the reliability diagram) and ``pit.png`` (the PIT
+histograms), one panel per image modality of a task and per conditioning level."""
 from __future__ import annotations
 
 import os
@@ -40,7 +45,46 @@ def _stochastic_md(res: dict, labels: list[str]) -> list[str]:
     return lines + _table(["metric"] + labels, rows)
 
 
-def _task_md(name: str, res: dict, labels: list[str]) -> list[str]:
+def _num(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _curves_of(models: dict, labels: list[str], prefix: str = "") -> dict:
+    """{M: (reliability, pit)} (means over examples) for the models whose stats hold both curves."""
+    out = {}
+    for m in labels:
+        rel, pit = ((models.get(m) or {}).get(prefix + k) or {} for k in ("reliability", "pit"))
+        if isinstance(rel.get("mean"), list) and isinstance(pit.get("mean"), list):
+            out[m] = (rel["mean"], pit["mean"])
+    return out
+
+
+def calibrated(levels, k: int) -> list[float]:
+    """Expected coverage of a calibrated K-member ensemble's sample-quantile central intervals, about
+    level (K - 1) / (K + 1) (exactly for uniform data; see ``metrics.reliability``)."""
+    return [lv * (k - 1) / (k + 1) for lv in levels]
+
+
+def _calibration_md(rows: list[tuple], levels, k: int, first: str) -> list[str]:
+    """rows: [(name, model, reliability, pit)] -> the reliability table and the PIT summary."""
+    if not rows or not levels:
+        return []
+    bins = len(rows[0][3])
+    lines = ["Calibration: the share of true values inside the central interval of the samples of each "
+             f"nominal mass (calibrated: the mass itself, or about {(k - 1) / (k + 1):.3f} of it with the "
+             f"sample quantiles of K = {k} samples); PIT: the histogram of the truth's randomised rank among the "
+             f"samples, {bins} bins, flat at {1 / bins:.3f} when calibrated (heavy ends: intervals too "
+             "narrow; one heavy end: biased). Means over the observations.", ""]
+    cal = [["", f"calibrated (K = {k})"] + [_num(v) for v in calibrated(levels, k)]]
+    lines += _table([first, "model"] + [f"{lv:.0%}" for lv in levels],
+                    cal + [[a, m] + [_num(v) for v in rel] for a, m, rel, _ in rows]) + [""]
+    pit_rows = [[a, m, _num(None if None in (pit[0], pit[-1]) else pit[0] + pit[-1]),
+                 " ".join("–" if v is None else f"{v:.2f}" for v in pit)] for a, m, _, pit in rows]
+    return lines + _table([first, "model", f"PIT ends (flat: {2 / bins:.3f})", "PIT histogram, low → high"],
+                          pit_rows) + [""]
+
+
+def _task_md(name: str, res: dict, labels: list[str], k: int) -> list[str]:
     lines = [f"### {name}: {res['description']}", "", f"{res['examples']} held-out observations; "
              "mean ± std over them (best_of_n: the best of the N samples; ensemble_mean: the per-pixel "
              "mean or mode of the samples).", ""]
@@ -49,17 +93,23 @@ def _task_md(name: str, res: dict, labels: list[str]) -> list[str]:
         keys = {k.split("/", 1)[1] for m in labels for k in res["models"][m] if k.startswith(n + "/")}
         order = [r for r in (*IMAGE_ROWS, *CLASS_ROWS) if r in keys]
         rows += [[f"{n}: {r}"] + [fmt(res["models"][m].get(f"{n}/{r}")) for m in labels] for r in order]
-    return lines + _table(["metric"] + labels, rows) + [""]
+    curves = [(n, m, rel, pit) for n in res["generated"]
+              for m, (rel, pit) in _curves_of(res["models"], labels, n + "/").items()]
+    return (lines + _table(["metric"] + labels, rows) + [""]
+            + _calibration_md(curves, res.get("reliability_levels"), k, "modality"))
 
 
-def _narrowing_md(res: dict, labels: list[str]) -> list[str]:
+def _narrowing_md(res: dict, labels: list[str], k: int) -> list[str]:
     lines = [f"Generated: {' + '.join(res['generated'])}; {res['examples']} held-out observations per level "
              "(evaluation units: reflectance); mean ± std over observations.", ""]
     header = ["given", "model", *NARROWING_ROWS]
     rows = [[lv["label"], m] + [fmt(lv["models"][m].get(r)) for r in NARROWING_ROWS]
             for lv in res["levels"] for m in labels]
-    lines += _table(header, rows)
-    return lines + ([""] + [f"- skipped {s}" for s in res["skipped"]] if res.get("skipped") else [])
+    lines += _table(header, rows) + [""]
+    curves = [(lv["label"], m, rel, pit) for lv in res["levels"]
+              for m, (rel, pit) in _curves_of(lv["models"], labels).items()]
+    lines += _calibration_md(curves, res.get("reliability_levels"), k, "given")
+    return lines + ([f"- skipped {s}" for s in res["skipped"]] if res.get("skipped") else [])
 
 
 def markdown(results: dict) -> str:
@@ -78,11 +128,11 @@ def markdown(results: dict) -> str:
     if "tasks" in bench:
         lines += ["## Tasks", ""]
         for name, res in bench["tasks"].items():
-            lines += [f"- {name}: skipped ({res['skipped']})", ""] if "skipped" in res else _task_md(name, res, labels)
+            lines += [f"- {name}: skipped ({res['skipped']})", ""] if "skipped" in res else _task_md(name, res, labels, s["samples"])
     if "narrowing" in bench:
         lines += ["## Uncertainty as conditioning grows", ""]
         lines += ([f"Skipped: {bench['narrowing']['skipped']}"] if "levels" not in bench["narrowing"]
-                  else _narrowing_md(bench["narrowing"], labels)) + [""]
+                  else _narrowing_md(bench["narrowing"], labels, s["samples"])) + [""]
     return "\n".join(lines)
 
 
@@ -177,6 +227,75 @@ def plot_narrowing(res: dict, labels: list[str], path: str) -> str:
     return path
 
 
+def _save(plt, fig, path: str) -> str:
+    fig.tight_layout()
+    with storage.local_file(path) as local:
+        fig.savefig(local, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _grid(plt, n: int, cols: int = 4):
+    """A figure of ``n`` panels, at most ``cols`` a row; -> (figure, the n axes)."""
+    cols = min(n, cols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _values(curve) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in curve], np.float64)
+
+
+def calibration_panels(bench: dict, labels: list[str]) -> list[tuple[str, list, dict]]:
+    """[(title, nominal levels, {M: (reliability, pit)})]: per image modality of each task that has
+    the curves, then per narrowing level."""
+    panels = []
+    for name, res in (bench.get("tasks") or {}).items():
+        for n in res.get("generated", ()):
+            curves = _curves_of(res["models"], labels, n + "/")
+            if curves:
+                panels.append((f"{name}\n{n}", res["reliability_levels"], curves))
+    nar = bench.get("narrowing") or {}
+    for lv in nar.get("levels", ()):
+        curves = _curves_of(lv["models"], labels)
+        if curves:
+            panels.append((f"{' + '.join(nar['generated'])}\ngiven {lv['label']}", nar["reliability_levels"], curves))
+    return panels
+
+
+def plot_reliability(panels: list, k: int, path: str) -> str:
+    """Nominal against empirical central-interval coverage, one line per model, one panel each."""
+    plt = _pyplot()
+    fig, axes = _grid(plt, len(panels))
+    for ax, (title, levels, curves) in zip(axes, panels):
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="calibrated")
+        ax.plot(levels, calibrated(levels, k), color="grey", ls=":", lw=1, label=f"calibrated, K = {k}")
+        for m, (rel, _) in curves.items():
+            ax.plot(levels, _values(rel), marker="o", label=m)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal interval mass", ylabel="empirical coverage", title=title)
+        ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def plot_pit(panels: list, path: str) -> str:
+    """PIT histograms, the models' bars side by side, the flat 1/bins line of a calibrated one."""
+    plt = _pyplot()
+    fig, axes = _grid(plt, len(panels))
+    for ax, (title, _, curves) in zip(axes, panels):
+        bins = len(next(iter(curves.values()))[1])
+        width = 0.8 / bins / len(curves)
+        for i, (m, (_, pit)) in enumerate(curves.items()):
+            x = (np.arange(bins) + 0.5) / bins + (i - (len(curves) - 1) / 2) * width
+            ax.bar(x, _values(pit), width, label=m)
+        ax.axhline(1 / bins, color="grey", ls="--", lw=1, label=f"flat (1/{bins})")
+        ax.set(xlim=(0, 1), xlabel="PIT (rank of the truth among the samples)", ylabel="share of pixels", title=title)
+        ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
 def write_plots(results: dict, out: str) -> list[str]:
     labels = list(results["models"])
     bench, paths = results["benchmarks"], []
@@ -187,4 +306,9 @@ def write_plots(results: dict, out: str) -> list[str]:
         paths += [p] if p else []
     if "narrowing" in bench and "levels" in bench["narrowing"]:
         paths.append(plot_narrowing(bench["narrowing"], labels, os.fspath(storage.path(out) / "narrowing.png")))
+    panels = calibration_panels(bench, labels)
+    if panels:
+        paths.append(plot_reliability(panels, results["settings"]["samples"],
+                                      os.fspath(storage.path(out) / "reliability.png")))
+        paths.append(plot_pit(panels, os.fspath(storage.path(out) / "pit.png")))
     return paths

@@ -13,12 +13,16 @@ import os
 
 from copgen_jax import storage
 from copgen_jax.evaluate.benchmarks import TASKS, Settings
+from copgen_jax.evaluate.metrics import PIT_BINS, RELIABILITY_LEVELS
 
 __all__ = ["BENCHMARKS", "MODELS", "TASKS", "RunModels", "Settings", "cached", "evaluate", "json_ready"]
 
 BENCHMARKS = ("stochastic", "tasks", "narrowing")
 MODELS = ("diffusion", "baseline")
 RESULTS, REPORT = "results.json", "results.md"
+# The calibration curves of tasks and narrowing, in their parts' cache key: a part from before
+# them (or with other levels) is recomputed rather than reported without them.
+CURVES = {"reliability_levels": list(RELIABILITY_LEVELS), "pit_bins": PIT_BINS}
 
 
 def json_ready(x):
@@ -127,7 +131,8 @@ def evaluate(workdir, benchmarks=BENCHMARKS, models=MODELS, settings=None, out=N
         parts = []
         for label in models:
             key = {"settings": results["settings"], "pixels": os.fspath(storage.absolute(pixels)), "split": split,
-                   "step": steps[label], "registry": list(registry.names), "tasks": sorted(tasks) if tasks else None}
+                   "step": steps[label], "registry": list(registry.names), "tasks": sorted(tasks) if tasks else None,
+                   **({"calibration": CURVES} if bench in ("tasks", "narrowing") else {})}
             parts.append(cached(storage.path(out) / "parts" / f"{bench}.{label}.json", key,
                                  lambda: fns[bench]({label: loaded[label]}, registry, groups, settings)))
         merged = parts[0]

@@ -214,6 +214,107 @@ def test_interval_coverage():
         M.crps(truth, ens[:, :, :3])
 
 
+def _gaussian_case(m, shape=(40, 100), seed=8):
+    """Per-pixel means, a truth drawn from N(mu, 1) and m members drawn from the same N(mu, 1)."""
+    rng = _rng(seed)
+    mu = rng.normal(size=shape) * 3
+    return mu, mu + rng.standard_normal(shape), mu + rng.standard_normal((m,) + shape)
+
+
+def test_reliability_hand_made_and_equal_to_interval_coverage():
+    # members 0..100: the central interval of mass p is exactly [50 - 50 p, 50 + 50 p]
+    samples = np.broadcast_to(np.arange(101.0)[:, None], (101, 5))
+    truth = np.array([50.0, 30.0, 25.0, 5.0, 100.5])
+    np.testing.assert_allclose(M.reliability(truth, samples, levels=(0.0, 0.4, 0.5, 0.9, 1.0)),
+                               [0.2, 0.4, 0.6, 0.8, 0.8])
+    assert M.reliability(truth, samples).shape == (9,) and M.RELIABILITY_LEVELS[0] == 0.1
+    mu, truth, ens = _gaussian_case(16)
+    assert M.reliability(truth, ens, levels=[0.9])[0] == M.interval_coverage(truth, ens, 5, 95)
+    assert M.reliability(truth, ens, levels=[0.5])[0] == M.interval_coverage(truth, ens, 25, 75)
+
+
+def test_reliability_of_calibrated_narrow_and_point_ensembles():
+    m = 200
+    mu, truth, ens = _gaussian_case(m)
+    levels = np.asarray(M.RELIABILITY_LEVELS)
+    expected = levels * (m - 1) / (m + 1)  # the sample quantiles of m members sit just inside the true ones
+    got = M.reliability(truth, ens)
+    np.testing.assert_allclose(got, expected, atol=0.03)  # 4000 pixels: sampling std <= 0.008
+    assert np.all(np.diff(got) > 0)
+    narrow = M.reliability(truth, mu + 0.5 * (ens - mu))  # std halved: 2 Phi(z_p / 2) - 1 < p
+    assert np.all(narrow < 0.75 * levels) and narrow[-1] == pytest.approx(0.59, abs=0.03)
+    point = np.broadcast_to(mu, ens.shape)  # identical members: only exact hits are covered
+    np.testing.assert_array_equal(M.reliability(truth, point), np.zeros(9))
+    hit = truth.copy()
+    hit[:4] = mu[:4]  # 400 of 4000 pixels exactly right
+    np.testing.assert_allclose(M.reliability(hit, point), np.full(9, 0.1))
+
+
+def test_reliability_respects_the_mask_and_checks_its_inputs():
+    mu, truth, ens = _gaussian_case(50, shape=(4, 30, 30))
+    far = truth.copy()
+    far[:2] += 100.0  # outside every interval, but masked out
+    mask = np.zeros((4, 1, 1), bool)
+    mask[2:] = True  # broadcasts over the pixels
+    np.testing.assert_array_equal(M.reliability(far, ens, mask=mask), M.reliability(truth[2:], ens[:, 2:]))
+    assert np.isnan(M.reliability(truth, ens, mask=np.zeros(truth.shape, bool))).all()
+    with pytest.raises(ValueError, match=r"reliability: samples must be \(M, \*truth.shape\)"):
+        M.reliability(truth, ens[:, :3])
+    with pytest.raises(ValueError, match=r"levels must be a non-empty 1-D list of nominal masses in \[0, 1\]"):
+        M.reliability(truth, ens, levels=(0.5, 1.2))
+    with pytest.raises(ValueError, match="reliability: mask must be boolean"):
+        M.reliability(truth, ens, mask=np.ones(truth.shape))
+
+
+def _chi2(hist, n):
+    """Pearson's statistic of a histogram of n values against the flat one."""
+    flat = 1 / len(hist)
+    return float(n * np.sum((hist - flat) ** 2) / flat)
+
+
+def test_pit_is_flat_for_an_ensemble_from_the_truths_own_distribution():
+    mu, truth, ens = _gaussian_case(19, shape=(100, 200))  # 20 000 pixels, 20 ranks: 2 a bin
+    hist = M.pit_histogram(truth, ens)
+    assert hist.shape == (10,) and hist.sum() == pytest.approx(1.0)
+    assert _chi2(hist, truth.size) < 27.9  # chi-square, 9 degrees of freedom, p = 0.001
+    assert np.abs(hist - 0.1).max() < 0.01
+    # with 9 members the rank bins (tenths) are the histogram's: still flat, through the draws
+    assert _chi2(M.pit_histogram(truth, ens[:9], seed=3), truth.size) < 27.9
+    np.testing.assert_array_equal(M.pit_histogram(truth, ens, seed=5), M.pit_histogram(truth, ens, seed=5))
+
+
+def test_pit_of_narrow_and_point_ensembles():
+    mu, truth, ens = _gaussian_case(19, shape=(100, 200))
+    narrow = M.pit_histogram(truth, mu + 0.5 * (ens - mu))  # std halved: PIT ~ Phi(2 z), U-shaped
+    assert min(narrow[0], narrow[-1]) > 0.2 and max(narrow[3:7]) < 0.07
+    assert np.all(np.diff(narrow[:5]) < 0) and np.all(np.diff(narrow[5:]) > 0)
+    assert _chi2(narrow, truth.size) > 1000
+    # 9 identical members: every miss within 1/10 of an end, on the side of the truth
+    point = np.broadcast_to(mu, (9,) + mu.shape)
+    hist = M.pit_histogram(truth, point)
+    assert hist[0] + hist[-1] == pytest.approx(1.0) and hist[-1] == pytest.approx(np.mean(truth > mu))
+    # exact hits tie with every member: randomised over the whole of [0, 1]
+    ties = M.pit_histogram(mu, point)
+    assert _chi2(ties, mu.size) < 27.9
+
+
+def test_pit_respects_the_mask_and_checks_its_inputs():
+    mu, truth, ens = _gaussian_case(9, shape=(2, 20, 20))
+    above = mu + 1.0
+    above[0] = mu[0] - 1.0  # image 0 below every member, image 1 above
+    point = np.broadcast_to(mu, ens.shape)
+    mask = np.array([True, False])[:, None, None]
+    np.testing.assert_array_equal(M.pit_histogram(above, point, mask=mask), [1.0] + [0.0] * 9)
+    np.testing.assert_array_equal(M.pit_histogram(above, point, bins=2, mask=~mask), [0.0, 1.0])
+    assert np.isnan(M.pit_histogram(truth, ens, mask=np.zeros(truth.shape, bool))).all()
+    with pytest.raises(ValueError, match=r"pit_histogram: samples must be \(M, \*truth.shape\)"):
+        M.pit_histogram(truth, ens[None])
+    with pytest.raises(ValueError, match="bins must be a positive integer, got 0"):
+        M.pit_histogram(truth, ens, bins=0)
+    with pytest.raises(ValueError, match="mask of shape"):
+        M.pit_histogram(truth, ens, mask=np.ones((3,), bool))
+
+
 # ---------------------------------------------------------------------------- set metrics
 
 def test_identical_sets_are_precise_covered_and_close():

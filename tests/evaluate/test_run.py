@@ -97,6 +97,8 @@ def test_summarise_ignores_non_finite_values():
     got = summarise([{"a": 1.0, "b": float("nan")}, {"a": 3.0, "b": 2.0}, {"a": float("inf")}])
     assert got["a"] == {"mean": 2.0, "std": 1.0, "n": 2}
     assert got["b"] == {"mean": 2.0, "std": 0.0, "n": 1}
+    curves = summarise([{"c": [1.0, 2.0]}, {"c": [3.0, float("nan")]}, {"c": [5.0, 4.0]}])  # element-wise
+    assert curves["c"] == {"mean": [3.0, 3.0], "std": [2.0, 1.0], "n": 2}
 
 
 def test_results_json_has_every_benchmark_and_model(report):
@@ -119,6 +121,16 @@ def test_results_json_has_every_benchmark_and_model(report):
     for model in ("diffusion", "baseline"):
         for metric in ("mae", "mae_best_of_n", "rmse", "psnr", "ssim", "crps", "interval_coverage", "spread"):
             assert math.isfinite(task["models"][model][f"{S2}/{metric}"]["mean"])
+    assert task["reliability_levels"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    for model in ("diffusion", "baseline"):
+        rel, pit = (task["models"][model][f"{S2}/{k}"] for k in ("reliability", "pit"))
+        assert len(rel["mean"]) == 9 and rel["n"] == OBSERVATIONS and all(0 <= v <= 1 for v in rel["mean"])
+        assert len(pit["mean"]) == 10 and pit["n"] == OBSERVATIONS and sum(pit["mean"]) == pytest.approx(1.0)
+        assert rel["mean"][-1] == pytest.approx(task["models"][model][f"{S2}/interval_coverage"]["mean"])
+    base = task["models"]["baseline"]
+    assert base[f"{S2}/reliability"]["mean"] == [0.0] * 9  # K identical samples cover nothing ...
+    assert sum(base[f"{S2}/pit"]["mean"][3:7]) == 0.0  # ... and rank the truth within 1/(K+1) of an end
+    assert sum(task["models"]["diffusion"][f"{S2}/pit"]["mean"][3:7]) > 0
     assert all(math.isfinite(x) for x in _numbers(saved["benchmarks"]["narrowing"]))
 
 
@@ -129,7 +141,9 @@ def test_narrowing_has_one_row_per_conditioning_level(report):
     assert nar["skipped"] == ["+ S2L1C: the run has no modality for it"] and nar["examples"] == OBSERVATIONS
     for lv in nar["levels"]:
         for model in ("diffusion", "baseline"):
-            assert set(lv["models"][model]) == {"pixel_std", "interval_coverage", "crps", "mae_ensemble_mean"}
+            assert set(lv["models"][model]) == {"pixel_std", "interval_coverage", "crps", "mae_ensemble_mean",
+                                                "reliability", "pit"}
+            assert len(lv["models"][model]["reliability"]["mean"]) == 9 and len(lv["models"][model]["pit"]["mean"]) == 10
         assert lv["models"]["diffusion"]["pixel_std"]["mean"] > 0
 
 
@@ -166,7 +180,11 @@ def test_markdown_tables_and_plots(report):
         assert heading in md
     assert "| metric | diffusion | baseline |" in md and "| spectra: recall |" in md
     assert "| DEM + LULC + S1RTC | baseline |" in md
-    assert results["plots"] == ["stochastic.png", "tasks.png", "narrowing.png"]
+    assert md.count("| modality | model | 10% | 20% | 30% | 40% | 50% | 60% | 70% | 80% | 90% |") == 1
+    assert md.count("| given | model | 10% |") == 1 and "|  | calibrated (K = 3) | 0.050 | 0.100 |" in md
+    assert f"| {S2} | baseline | 0.000 | 0.000 |" in md and "| DEM + LULC + S1RTC | baseline | 0.000 |" in md
+    assert md.count("| PIT ends (flat: 0.200) | PIT histogram, low → high |") == 2
+    assert results["plots"] == ["stochastic.png", "tasks.png", "narrowing.png", "reliability.png", "pit.png"]
     for name in results["plots"]:
         with open(os.path.join(out, name), "rb") as f:
             head = f.read(8)

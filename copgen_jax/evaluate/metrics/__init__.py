@@ -14,6 +14,9 @@ evaluation units (S2 reflectance = DN / 1e4, S1 in dB, DEM in metres), per band 
 Calibration (an ensemble of M samples on axis 0 against the truth):
   interval_coverage    share of true values inside the per-pixel [5, 95] % sample interval
   crps                 ensemble CRPS, E|X - y| - 0.5 E|X - X'| (equals MAE for M = 1)
+  reliability          coverage of the central sample interval of each nominal mass 0.1 .. 0.9
+  pit_histogram        histogram of the truth's randomised rank among the samples (PIT; flat
+                       when calibrated, U-shaped when the samples are too narrow)
 
 Distributional (stochastic benchmark; sets are (N, D) arrays of embedded images):
   precision_recall (k-NN balls, k = 5), nn_accuracy (1-NN leave-one-out, 0.5 ideal),
@@ -38,9 +41,9 @@ from copgen_jax.evaluate.metrics.distribution import (
     precision_recall, spectra_embedding, spectral_range_coverage, structure_embedding,
     valid_real_image, wasserstein_per_band)
 from copgen_jax.evaluate.metrics.pointwise import (
-    EARTH_RADIUS_KM, class_accuracy, confusion_matrix, crps, day_error, fw_iou, haversine_km,
-    interval_coverage, mae, mean_f1, miou, month_accuracy, psnr, rmse, ssim, within_km_accuracy,
-    year_accuracy)
+    EARTH_RADIUS_KM, PIT_BINS, RELIABILITY_LEVELS, class_accuracy, confusion_matrix, crps, day_error,
+    fw_iou, haversine_km, interval_coverage, mae, mean_f1, miou, month_accuracy, pit_histogram, psnr,
+    reliability, rmse, ssim, within_km_accuracy, year_accuracy)
 
 __all__ = [
     # pointwise
@@ -49,7 +52,7 @@ __all__ = [
     "haversine_km", "within_km_accuracy", "EARTH_RADIUS_KM",
     "day_error", "month_accuracy", "year_accuracy",
     # calibration
-    "interval_coverage", "crps",
+    "interval_coverage", "crps", "reliability", "pit_histogram", "RELIABILITY_LEVELS", "PIT_BINS",
     # distributional
     "precision_recall", "nn_accuracy", "mmd", "wasserstein_per_band",
     "spectral_range_coverage", "intra_set_distance", "valid_real_image",

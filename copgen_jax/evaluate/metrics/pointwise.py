@@ -332,3 +332,53 @@ def crps(truth, samples, mask=None):
     mean_pair_gap = 2 * (weights * np.sort(samples, axis=0)).sum(0) / m ** 2
     score = spread_to_truth - 0.5 * mean_pair_gap
     return float(_ratio(score[mask].sum(), mask.sum()))
+
+
+RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+PIT_BINS = 10
+
+
+def reliability(truth, samples, levels=RELIABILITY_LEVELS, mask=None):
+    """Empirical coverage of each central interval: (L,) float64, one share per nominal ``level``.
+
+    For a level p in [0, 1] the interval runs, per pixel over the ensemble axis, from the
+    (1 - p) / 2 to the (1 + p) / 2 quantile of ``samples`` (M, *truth.shape) (linear
+    interpolation, ends inclusive, as :func:`interval_coverage`: level 0.9 equals its [5, 95]).
+    A calibrated ensemble covers about p at every level, or rather about p (M - 1) / (M + 1) (exact
+    in expectation for uniform data): the sample quantiles of M members sit inside the true ones.
+    Under-dispersed samples fall below, and a point forecast (M identical members) covers only
+    exact hits (~0).
+    """
+    levels = np.asarray(levels, np.float64)
+    if levels.ndim != 1 or not levels.size or ((levels < 0) | (levels > 1)).any():
+        raise ValueError(f"reliability: levels must be a non-empty 1-D list of nominal masses in [0, 1], "
+                         f"got {levels.tolist()}")
+    truth, samples = _ensemble("reliability", truth, samples)
+    mask = _mask("reliability", mask, truth.shape)
+    q = np.quantile(samples, np.concatenate([(1 - levels) / 2, (1 + levels) / 2]), axis=0)
+    q_lo, q_hi = q[:len(levels)], q[len(levels):]
+    inside = (q_lo <= truth) & (truth <= q_hi)  # (L, *truth.shape)
+    return _ratio(inside[:, mask].sum(1), mask.sum())
+
+
+def pit_histogram(truth, samples, bins=PIT_BINS, mask=None, seed=0):
+    """Histogram of the probability integral transform over valid pixels: (bins,) float64
+    fractions of [0, 1] in equal bins, summing to 1 (NaN when no pixel is valid).
+
+    The PIT of an M-member ensemble is the truth's randomised rank among the M + 1 values
+    (truth and members): ``PIT = (#{x_i < y} + U (#{x_i = y} + 1)) / (M + 1)`` with U uniform
+    on [0, 1) per pixel (``np.random.default_rng(seed)``). When the truth is exchangeable with
+    the members its rank is uniform on 0..M and the PIT uniform on [0, 1]: a flat histogram
+    (1 / bins per bin). Too narrow an ensemble piles the PIT at both ends (U-shaped), too wide
+    a one in the middle, a biased one at one end. A point forecast (identical members) puts
+    every pixel it misses within 1 / (M + 1) of 0 or 1, and spreads exact hits (ties) uniformly.
+    """
+    if int(bins) != bins or bins < 1:
+        raise ValueError(f"pit_histogram: bins must be a positive integer, got {bins}")
+    truth, samples = _ensemble("pit_histogram", truth, samples)
+    mask = _mask("pit_histogram", mask, truth.shape)
+    below, ties = (samples < truth).sum(0), (samples == truth).sum(0)
+    u = np.random.default_rng(seed).random(truth.shape)
+    pit = (below + u * (ties + 1)) / (samples.shape[0] + 1)
+    counts = np.histogram(pit[mask], bins=int(bins), range=(0.0, 1.0))[0]
+    return _ratio(counts, mask.sum())
