@@ -41,6 +41,7 @@ import rasterio  # noqa: E402
 from absl import flags  # noqa: E402
 
 from copgen_jax import checkpoint, flagparse  # noqa: E402
+from copgen_jax.diffusion.choices import SAMPLERS  # noqa: E402
 from copgen_jax.evaluate.data import eval_units  # noqa: E402
 from copgen_jax.inference import area as area_lib  # noqa: E402
 
@@ -56,7 +57,7 @@ flags.DEFINE_list("fusions", ["step", "step@960", "step:uniform@960", "neighbour
 flags.DEFINE_list("sizes", ["1", "2", "4", "8"], "area sides (footprints) for the scaling", flag_values=FLAGS)
 flags.DEFINE_integer("samples", 2, "samples per area", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("steps", 20, "sampler steps", lower_bound=1, flag_values=FLAGS)
-flags.DEFINE_enum("sampler", "ddim", ("ddim", "dpm++"), "sampler", flag_values=FLAGS)
+flags.DEFINE_enum("sampler", "ddim", SAMPLERS, "sampler", flag_values=FLAGS)
 flags.DEFINE_integer("window-batch", 8, "windows per network call", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=FLAGS)
 flags.DEFINE_string("example", None, "write an unseen place's rasters (conditions, S2 truth, the clear-sky mask "

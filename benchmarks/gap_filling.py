@@ -38,6 +38,7 @@ from copgen_jax import flagparse  # noqa: E402
 from copgen_jax import checkpoint  # noqa: E402
 from copgen_jax.data.footprints import read_footprints  # noqa: E402
 from copgen_jax.datasets.synthetic.world import cloudy_sky  # noqa: E402
+from copgen_jax.diffusion.choices import SAMPLERS  # noqa: E402
 from copgen_jax.evaluate.baseline import Baseline  # noqa: E402
 from copgen_jax.evaluate.data import eval_units  # noqa: E402
 from copgen_jax.evaluate.metrics import crps, interval_coverage, mae  # noqa: E402
@@ -58,7 +59,7 @@ flags.DEFINE_string("target", None, "modality to fill (default: the run's finest
 flags.DEFINE_integer("cells", 2, "held-out footprints", flag_values=FLAGS)
 flags.DEFINE_integer("samples", 4, "samples per footprint", flag_values=FLAGS)
 flags.DEFINE_integer("steps", 10, "sampler steps", flag_values=FLAGS)
-flags.DEFINE_enum("sampler", "ddim", ("ddim", "dpm++"), "sampler", flag_values=FLAGS)
+flags.DEFINE_enum("sampler", "ddim", SAMPLERS, "sampler", flag_values=FLAGS)
 flags.DEFINE_string("resample", "0,1", "RePaint jumps per step to compare (comma-separated)", flag_values=FLAGS)
 flags.DEFINE_bool("baseline", True, "add the deterministic baseline's row when WORKDIR/baseline exists",
                   flag_values=FLAGS)

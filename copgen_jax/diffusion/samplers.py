@@ -1,4 +1,9 @@
-"""Any-to-any samplers on the discrete schedule (SPEC §5): DDIM and DPM-Solver++(2M).
+"""Any-to-any samplers on the discrete schedule (SPEC §5): DDIM, DPM-Solver++(2M) and its SDE variant.
+
+``SAMPLERS``: "ddim" (Song et al. 2021; ``eta`` > 0 adds fresh noise at every step),
+"dpm++" (DPM-Solver++(2M), Lu et al. 2022: deterministic, second-order multistep) and
+"dpm++sde" (DPM-Solver++(2M) SDE, ibid.: the same multistep data prediction, but a step of
+the reverse SDE, with fresh noise at every step; ``dpmpp_2m_sde_update``).
 
 Generated modalities share one timestep per step; conditions are held clean at
 timestep 0 at every step and returned bit-identical. The whole loop is one
@@ -17,7 +22,7 @@ the reference release) and DDIM's uniform ("leading") spacing, except that it
 starts at N rather than N - N/S + 1, so the first evaluation is where the
 N(0, 1) initial state is closest to the true marginal. Ending the evaluations
 at n = 1 (sigma = 0.029) matters: the last update to alpha_bar = 1 returns the
-x0 prediction of the last evaluation (both solvers), a posterior mean that
+x0 prediction of the last evaluation (every sampler), a posterior mean that
 shrinks any data variance below sigma^2 of that evaluation; a grid whose last
 evaluation sits at N/S instead (the "trailing" spacing) loses a visible part
 of the fine-scale variance.
@@ -26,13 +31,27 @@ of the fine-scale variance.
 rounded to integer timesteps. Uniform is the default. On the SD schedule it
 leaves one big λ step at the low-noise end, which costs DPM-Solver++ much of
 its second-order advantage: against the exact probability-flow map of
-Gaussian data (tests/test_samplers.py), RMS error / data std at 20 steps is
+Gaussian data (tests/diffusion/test_samplers.py), RMS error / data std at 20 steps is
 0.016 (std 1) and 0.070 (std 0.5) on the uniform grid and 0.006 and 0.004 on
 the logsnr grid, against 0.028 and 0.052 for DDIM at 50 uniform steps (DDIM
 itself gains nothing from logsnr spacing).
 
 Update rules are plain functions of (x, eps or x0, alpha_bar_t, alpha_bar_s, ...)
 mapped over dicts with ``jax.tree.map``, so other loops can reuse them.
+
+"dpm++sde" takes DPM-Solver++(2M)'s steps (the same grid, first order on the same steps) with
+the update of the reverse SDE instead of the probability-flow ODE, and fresh noise at every
+step. It does not follow the flow map (a key gives its own draw, not the ODE's image of the
+initial noise), so its accuracy shows in the law of its samples: against Gaussian data with
+the exact ε (tests/diffusion/test_samplers.py), sample variance / data variance is 1.03 (std 1)
+and 1.02 (std 0.5) at 20 logsnr steps, 1.005 and 1.00 at 50. The uniform grid's one big λ step
+at the low-noise end under-disperses it, as coarse steps do DDIM with η = 1: 0.98 and 0.84 at
+20 uniform steps, 1.00 and 0.96 at 50; the inference API (``choices.default_spacing``) takes the
+logsnr grid for it, as for "dpm++". Its second-order step is the "midpoint" form,
+D = x0 + (x0 - x0_prev)/(2r), k-diffusion's default; the "heun" form (x0 - x0_prev weighted by
+α_s (1 - (1 - e^{-2h})/(2h))/r instead of α_s (1 - e^{-2h})/(2r)) measured 1.08 and 1.07 at 20 logsnr
+steps. ``eta`` scales its noise as in k-diffusion's ``sample_dpmpp_2m_sde``: 1 (its default)
+is the SDE, 0 is the "dpm++" update, values between interpolate.
 
 Region conditioning (``known``): a generated modality may be partly known, as a clean latent
 z0 and a mask of known latent pixels. RePaint-style (Lugmayr et al. 2022), after every update
@@ -50,11 +69,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The names (and SAMPLERS' defaults) live in a JAX-free module for the command lines' flags.
+from copgen_jax.diffusion.choices import ABSENT_MODES, SAMPLERS, SPACINGS, default_eta
 from copgen_jax.diffusion.schedule import Schedule
-
-SAMPLERS = ("ddim", "dpm++")
-ABSENT_MODES = ("drop", "noise")
-SPACINGS = ("uniform", "logsnr")
 
 EpsFn = Callable[[dict, dict, "dict | None"], dict]
 
@@ -149,6 +166,38 @@ def dpmpp_2m_update(x, x0, x0_prev, alpha_bar_t, alpha_bar_s, alpha_bar_prev, se
                         x, x0, x0_prev)
 
 
+def dpmpp_2m_sde_update(x, x0, x0_prev, alpha_bar_t, alpha_bar_s, alpha_bar_prev, second_order, noise=None,
+                        eta=1.0):
+    """One DPM-Solver++(2M) SDE step t → s in data-prediction form (Lu et al. 2022, the SDE solver).
+
+    With α, σ, λ, h and r as in ``dpmpp_2m_update``:
+        x_s = (σ_s/σ_t) e^{-ηh} x + α_s (1 - e^{-(1+η)h}) D + σ_s sqrt(1 - e^{-2ηh}) z,
+        D = x0                                   (first order),
+        D = x0 + (x0 - x0_prev)/(2r)             (second order, the "midpoint" form),
+    z ~ N(0, 1) given as ``noise`` (same structure as ``x``; None: no noise term, right only
+    for η = 0). η = 1 is the SDE (the paper's solver, and k-diffusion's ``sample_dpmpp_2m_sde``
+    with solver_type="midpoint", η and s_noise = 1, rewritten from its σ/α parametrisation);
+    η = 0 is ``dpmpp_2m_update``'s formula. At η = 1 a first-order step is DDIM's η = 1 step
+    (DDPM's ancestral step). The step to clean data (ab_s = 1: σ_s = 0, e^{-h} = 0) must be
+    first order, and then returns exactly x0, with no noise.
+    """
+    a_t, s_t = jnp.sqrt(alpha_bar_t), jnp.sqrt(1.0 - alpha_bar_t)
+    a_s, s_s = jnp.sqrt(alpha_bar_s), jnp.sqrt(1.0 - alpha_bar_s)
+    exp_neg_h = (s_s * a_t) / (a_s * s_t)  # e^{-h}: 0 (not a NaN) when s is clean
+    exp_neg_eta_h = exp_neg_h ** eta  # e^{-ηh}, as a power so that h = ∞ stays finite
+    lam = lambda ab: 0.5 * (jnp.log(ab) - jnp.log1p(-ab))
+    h = lam(alpha_bar_s) - lam(alpha_bar_t)
+    h_prev = lam(alpha_bar_t) - lam(alpha_bar_prev)
+    w = jnp.where(second_order, h / (2.0 * jnp.where(second_order, h_prev, 1.0)), 0.0)  # 1/(2r), as in 2M
+    keep = (s_s / s_t) * exp_neg_eta_h
+    data = a_s * (1.0 - exp_neg_h * exp_neg_eta_h)
+    x_s = jax.tree.map(lambda xi, d0, d1: keep * xi + data * (d0 + w * (d0 - d1)), x, x0, x0_prev)
+    if noise is not None:
+        spread = s_s * jnp.sqrt(jnp.maximum(1.0 - exp_neg_eta_h ** 2, 0.0))
+        x_s = jax.tree.map(lambda xi, zi: xi + spread * zi, x_s, noise)
+    return x_s
+
+
 def renoise(x0, alpha_bar, noise):
     """x0 noised to alpha_bar: sqrt(ab) x0 + sqrt(1 - ab) ε (exactly x0 when ab = 1)."""
     return jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1.0 - alpha_bar) * noise
@@ -193,7 +242,8 @@ def _check_request(shapes, batch, conditions, generate, absent, sampler, eta, gu
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS}")
     if isinstance(eta, (int, float)) and eta < 0:
-        raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: ancestral), got {eta}")
+        raise ValueError(f"eta must be >= 0 (0: deterministic DDIM or DPM-Solver++, 1: DDIM ancestral or the "
+                         f"DPM-Solver++ SDE), got {eta}")
     if absent not in ABSENT_MODES:
         raise ValueError(f"unknown absent mode {absent!r}: choose one of {ABSENT_MODES}")
     for name, c in conditions.items():
@@ -210,7 +260,7 @@ def evaluations_per_step(guidance: float, conditioned: bool) -> int:
 # -- the sampling loop ---------------------------------------------------------------
 def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple], batch: int,
            conditions: Mapping[str, jax.Array], generate: Sequence[str], absent: str = "drop",
-           steps: int = 50, sampler: str = "ddim", eta: float = 0.0, spacing: str = "uniform",
+           steps: int = 50, sampler: str = "ddim", eta: float | None = None, spacing: str = "uniform",
            guidance: float = 1.0, known: Mapping[str, tuple] | None = None, resample: int = 0) -> dict:
     """Generate ``generate`` given clean ``conditions``; returns generated latents and the conditions.
 
@@ -218,7 +268,8 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple
       eps_fn: ``(latents, timesteps, present) -> ε`` for every modality in ``latents``
         (dicts of (B, C, H, W) float32, (B,) int32, (B,) bool).
       schedule: the discrete schedule the model was trained on.
-      rng: PRNG key: initial noise, noise for absent modalities and (η > 0) DDIM noise.
+      rng: PRNG key: initial noise, noise for absent modalities and each step's noise (DDIM
+        with η > 0, dpm++sde).
       shapes: every modality of the model -> its latent (C, H, W).
       batch: B.
       conditions: name -> (B, C, H, W) clean latents; fed at timestep 0 at every step
@@ -234,10 +285,12 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple
         model "this noise is clean data": an input it never saw in training, which
         biases the generated modalities.
       steps: number of network evaluations.
-      sampler: "ddim" or "dpm++" (DPM-Solver++(2M); first order on the first step, on the
-        step into the last evaluation and on the final step to clean data).
-      eta: DDIM stochasticity: 0 is deterministic, 1 is DDPM-like ancestral sampling.
-        Ignored by "dpm++".
+      sampler: one of ``SAMPLERS``: "ddim", "dpm++" (DPM-Solver++(2M); first order on the
+        first step, on the step into the last evaluation and on the final step to clean data)
+        or "dpm++sde" (its SDE variant, first order on the same steps; ``dpmpp_2m_sde_update``).
+      eta: the noise each step adds. "ddim": 0 (the default) is deterministic, 1 is DDPM-like
+        ancestral sampling. "dpm++sde": 1 (the default) is the SDE, 0 is "dpm++". None: the
+        sampler's default. Ignored by "dpm++".
       spacing: timestep grid, "uniform" or "logsnr" (see ``timestep_grid``).
       guidance: classifier-free guidance weight w: ε = ε_uncond + w (ε_cond - ε_uncond), where
         ε_uncond sees no condition (treated like an absent modality: dropped, or noise at N).
@@ -261,7 +314,8 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple
     grid = timestep_grid(schedule, steps, spacing)
     missing = tuple(n for n in shapes if n not in conditions and n not in generate)
     noise_names = missing if absent == "noise" else ()
-    stochastic = sampler == "ddim" and not (isinstance(eta, (int, float)) and eta == 0)
+    eta = default_eta(sampler) if eta is None else eta
+    stochastic = sampler in ("ddim", "dpm++sde") and not (isinstance(eta, (int, float)) and eta == 0)
 
     cond = {n: jnp.asarray(c, jnp.float32) for n, c in conditions.items()}
     ones = jnp.ones((batch,), bool)
@@ -321,9 +375,13 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng, *, shapes: Mapping[str, tuple
         if sampler == "ddim":
             noise = normal(k_step, generate) if stochastic else None
             x_s, x0 = ddim_update(x, eps, s["ab_t"], s["ab_s"], eta, noise), x0_prev
-        else:
+        elif sampler == "dpm++":
             x0 = x0_from_eps(x, eps, s["ab_t"])
             x_s = dpmpp_2m_update(x, x0, x0_prev, s["ab_t"], s["ab_s"], s["ab_prev"], s["second"])
+        else:  # dpm++sde: fresh noise from the key DDIM's noise comes from (dpm++ draws none)
+            x0 = x0_from_eps(x, eps, s["ab_t"])
+            noise = normal(k_step, generate) if stochastic else None
+            x_s = dpmpp_2m_sde_update(x, x0, x0_prev, s["ab_t"], s["ab_s"], s["ab_prev"], s["second"], noise, eta)
         # fold_in, not split: the keys above stay what they were before region conditioning existed.
         return paste(x_s, s["ab_s"], jax.random.fold_in(key, 2)), x0
 

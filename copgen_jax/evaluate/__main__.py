@@ -1,7 +1,7 @@
 """Evaluation of a run: the benchmarks, the baseline beside it, a report.
 
     python -m copgen_jax.evaluate --workdir DIR --benchmark stochastic,tasks,narrowing \\
-        [--model both] [--cells N] [--samples K] [--steps S] [--sampler ddim|dpm++] [--out DIR/eval]
+        [--model both] [--cells N] [--samples K] [--steps S] [--sampler ddim|dpm++|dpm++sde] [--out DIR/eval]
 
 Benchmarks (``copgen_jax.evaluate.benchmarks``), on the held-out (``--split test``) footprints of
 ``DIR/data/pixels``, in evaluation units (S2 reflectance, S1 dB, DEM metres):
@@ -75,6 +75,7 @@ import os
 from absl import flags
 
 from copgen_jax import flagparse, hub, storage
+from copgen_jax.diffusion.choices import SAMPLERS
 from copgen_jax.evaluate.benchmarks import Settings
 from copgen_jax.evaluate.run import BENCHMARKS, MODELS, REPORT, evaluate
 
@@ -92,7 +93,7 @@ flags.DEFINE_integer("cells", 0, "footprint locations to evaluate (0: all held-o
                      flag_values=FLAGS)
 flags.DEFINE_integer("samples", 16, "samples per input (K)", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("steps", 50, "sampler network evaluations", lower_bound=1, flag_values=FLAGS)
-flags.DEFINE_enum("sampler", "ddim", ("ddim", "dpm++"), "sampler", flag_values=FLAGS)
+flags.DEFINE_enum("sampler", "ddim", SAMPLERS, "sampler", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=FLAGS)
 flags.DEFINE_integer("chunk", 8, "inputs per generate call", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_string("split", "test", "split of the pixel shards", flag_values=FLAGS)

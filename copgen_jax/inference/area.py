@@ -44,6 +44,7 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.warp import transform as warp_transform
 
 from copgen_jax import storage
+from copgen_jax.diffusion import choices
 from copgen_jax.inference import fusion as fusions
 from copgen_jax.inference import geo
 from copgen_jax.inference import known as known_lib
@@ -284,7 +285,7 @@ def _write(path, data, m, crs, transform, descriptions, tags) -> str:
 
 # -- generation -------------------------------------------------------------------------------
 def generate_area(model, generate: Sequence[str] | str, conditions: Mapping, *, n_samples: int = 1, seed: int = 0,
-                  steps: int = 50, sampler: str = "ddim", eta: float = 0.0, spacing: str | None = None,
+                  steps: int = 50, sampler: str = "ddim", eta: float | None = None, spacing: str | None = None,
                   absent: str | None = None, guidance: float = 1.0, overlap: float | None = None,
                   fusion: str = "step", window_batch: int = 8, stats: bool = True,
                   quantiles: Sequence[float] = (0.05, 0.5, 0.95), known: Mapping | None = None, resample: int = 0,
@@ -335,7 +336,8 @@ def generate_area(model, generate: Sequence[str] | str, conditions: Mapping, *, 
     if location and location not in scalars and location not in generate:
         scalars[location] = window_latlon(grid, layout)
     absent = absent or model.default_absent
-    spacing = spacing or ("logsnr" if sampler == "dpm++" else "uniform")
+    spacing = spacing or choices.default_spacing(sampler)  # sampler, eta, spacing: as CopGen.generate's
+    eta = choices.default_eta(sampler) if eta is None else eta
     opts = dict(steps=steps, sampler=sampler, eta=eta, spacing=spacing, absent=absent, guidance=guidance)
     key = jax.random.key(seed)
     if fusion == "none":

@@ -36,6 +36,7 @@ import tqdm
 from absl import flags
 
 from copgen_jax import flagparse
+from copgen_jax.diffusion.choices import SAMPLERS  # no JAX: --help stays quick
 
 from copgen_jax import storage
 
@@ -49,8 +50,10 @@ flags.DEFINE_float("lon", None, "longitude of the footprint centre, degrees", fl
 flags.DEFINE_string("date", None, "acquisition date, YYYY-MM-DD", flag_values=FLAGS)
 flags.DEFINE_integer("n-samples", 4, "samples to draw", flag_values=FLAGS)
 flags.DEFINE_integer("steps", 50, "network evaluations per sample", flag_values=FLAGS)
-flags.DEFINE_enum("sampler", "ddim", ("ddim", "dpm++"), "sampler", flag_values=FLAGS)
-flags.DEFINE_float("eta", 0.0, "DDIM stochasticity (0: deterministic)", flag_values=FLAGS)
+flags.DEFINE_enum("sampler", "ddim", SAMPLERS, "sampler: DDIM, DPM-Solver++(2M) or its SDE variant",
+                  flag_values=FLAGS)
+flags.DEFINE_float("eta", None, "noise per step: ddim 0 (deterministic, the default) .. 1 (ancestral); dpm++sde "
+                   "1 (the SDE, the default) .. 0 (dpm++)", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=FLAGS)
 flags.DEFINE_float("guidance", 1.0, "classifier-free guidance weight (1: plain conditional; > 1 follows the "
                    "conditions more closely, two network evaluations per step)", flag_values=FLAGS)

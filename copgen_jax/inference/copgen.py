@@ -51,7 +51,7 @@ from copgen_jax.inference import load as generate_load
 from copgen_jax.inference import geo
 from copgen_jax.inference import known as known_lib
 from copgen_jax.inference.generation import Generation
-from copgen_jax.diffusion import samplers
+from copgen_jax.diffusion import choices, samplers
 from copgen_jax.diffusion.schedule import schedule_from_config
 from copgen_jax.inference.stats import sample_stats
 from copgen_jax.models.tokenizer import sample_latent
@@ -115,7 +115,7 @@ class CopGen:
 
     # -- the public call ---------------------------------------------------------------
     def generate(self, generate: Sequence[str] | str, conditions: Mapping | None = None, *, n_samples: int = 1,
-                 seed: int = 0, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
+                 seed: int = 0, steps: int = 50, sampler: str = "ddim", eta: float | None = None,
                  spacing: str | None = None, absent: str | None = None, stats: bool = False,
                  quantiles: Sequence[float] = (0.05, 0.5, 0.95), units: Mapping | None = None,
                  guidance: float = 1.0, progress: Progress | None = None, known: Mapping | None = None,
@@ -125,7 +125,11 @@ class CopGen:
         conditions: name -> physical-unit array of ``m.physical_shape`` with or without a leading
           batch axis (B), or a GeoTIFF path (list of paths for a batch) for spatial modalities;
           inputs of batch 1 are broadcast to the others' B. units: e.g. {S1 name: "db"}.
-        spacing: timestep grid; default "logsnr" for dpm++ (far more accurate there), else "uniform".
+        sampler: one of ``samplers.SAMPLERS``: "ddim", "dpm++" (DPM-Solver++(2M)) or "dpm++sde" (its SDE
+          variant: fresh noise at every step). eta: the noise each step adds; default 0 for ddim
+          (deterministic), 1 for dpm++sde (the SDE; 0 is dpm++); ignored by dpm++.
+        spacing: timestep grid; default "logsnr" for dpm++ and dpm++sde (far more accurate there),
+          else "uniform".
         absent: "drop" | "noise" | "mask" for modalities neither given nor generated (module doc);
           default "drop" for runs trained with presence masks, else "noise".
         guidance: classifier-free guidance weight (``samplers.sample``); 1 is plain conditional
@@ -145,7 +149,8 @@ class CopGen:
         generate += tuple(n for n in partial if n not in generate)
         units = dict(units or {})
         absent = absent or self.default_absent
-        spacing = spacing or ("logsnr" if sampler == "dpm++" else "uniform")
+        spacing = spacing or choices.default_spacing(sampler)
+        eta = choices.default_eta(sampler) if eta is None else eta
         self._check_request(generate, conditions, n_samples, absent, quantiles)
         missing = [n for n in (*generate, *conditions) if not self.registry[n].is_scalar and n not in self._tokenizers]
         if missing:

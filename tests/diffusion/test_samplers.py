@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from copgen_jax.diffusion import samplers
-from copgen_jax.diffusion.samplers import (dpmpp_2m_update, ddim_update, sample, timestep_grid,
-                                           x0_from_eps)
+from copgen_jax.diffusion.samplers import (dpmpp_2m_sde_update, dpmpp_2m_update, ddim_update, sample,
+                                           timestep_grid, x0_from_eps)
 from copgen_jax.diffusion.schedule import Schedule
 
 SCHED = Schedule()
@@ -75,10 +75,13 @@ def moments(x):
 
 # (solver, tolerance on each std). Measured std errors at BATCH = 512 are about
 # ddim50 0.03, ddim50 with η = 1 0.05-0.06 (ancestral steps this coarse under-disperse;
-# 200 steps: 0.025, 1000: 0.01), dpm++20 0.02-0.045, dpm++20 on the logsnr grid < 0.005.
+# 200 steps: 0.025, 1000: 0.01), dpm++20 0.02-0.045, dpm++20 on the logsnr grid < 0.005,
+# dpm++sde20 on the logsnr grid 0.005-0.027 over seeds 0-2 (over-dispersed ~1.5% in std at 20 steps,
+# plus its draws' Monte Carlo error).
 SOLVERS = [(dict(sampler="ddim", steps=50, eta=0.0), 0.05), (dict(sampler="ddim", steps=50, eta=1.0), 0.075),
-           (dict(sampler="dpm++", steps=20), 0.06), (dict(sampler="dpm++", steps=20, spacing="logsnr"), 0.015)]
-IDS = ["ddim50", "ddim50-eta1", "dpm++20", "dpm++20-logsnr"]
+           (dict(sampler="dpm++", steps=20), 0.06), (dict(sampler="dpm++", steps=20, spacing="logsnr"), 0.015),
+           (dict(sampler="dpm++sde", steps=20, spacing="logsnr"), 0.04)]
+IDS = ["ddim50", "ddim50-eta1", "dpm++20", "dpm++20-logsnr", "dpm++sde20-logsnr"]
 
 
 @pytest.mark.parametrize("solver, tol", SOLVERS, ids=IDS)
@@ -147,6 +150,49 @@ def test_dpmpp_first_order_is_ddim():
         np.testing.assert_allclose(out["a"], x0["a"], rtol=1e-6)
 
 
+def test_dpmpp_sde_update_reduces_to_ddpm_and_to_dpmpp():
+    """The SDE step at first order and η = 1 is DDIM's η = 1 (ancestral) step with the same noise;
+    at η = 0 it is DPM-Solver++(2M), second order included; to clean data it returns x0 exactly."""
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(4), 4)
+    x, eps = {"a": jax.random.normal(k1, (4, 3))}, {"a": jax.random.normal(k2, (4, 3))}
+    z, x0_prev = {"a": jax.random.normal(k3, (4, 3))}, {"a": jax.random.normal(k4, (4, 3))}
+    ab_t, ab_s, ab_prev = jnp.float32(0.3), jnp.float32(0.6), jnp.float32(0.1)
+    x0 = x0_from_eps(x, eps, ab_t)
+    no = jnp.bool_(False)
+    np.testing.assert_allclose(dpmpp_2m_sde_update(x, x0, x0, ab_t, ab_s, ab_t, no, z)["a"],
+                               ddim_update(x, eps, ab_t, ab_s, eta=1.0, noise=z)["a"], rtol=1e-5, atol=1e-5)
+    for second in (no, jnp.bool_(True)):
+        np.testing.assert_allclose(dpmpp_2m_sde_update(x, x0, x0_prev, ab_t, ab_s, ab_prev, second, z, eta=0.0)["a"],
+                                   dpmpp_2m_update(x, x0, x0_prev, ab_t, ab_s, ab_prev, second)["a"],
+                                   rtol=1e-5, atol=1e-5)
+    for eta in (1.0, 0.5, 0.0):
+        last = dpmpp_2m_sde_update(x, x0, x0_prev, ab_t, jnp.float32(1.0), ab_prev, no, z, eta=eta)
+        np.testing.assert_array_equal(last["a"], x0["a"])
+
+
+# Sample variance / data variance of dpm++sde with the exact ε, 4096 x 32 = 131072 draws (std
+# error of the ratio sqrt(2/131072) = 0.004), mean of two seeds, logsnr grid: 20 steps 1.03
+# (std 1) and 1.02 (std 0.5), 50 steps 1.005 and 1.00. The uniform grid's big last λ step
+# under-disperses at 20 steps: 0.98 and 0.84; 50 steps: 1.00 and 0.96.
+@pytest.mark.parametrize("steps, tol", [(20, 0.05), (50, 0.025)])
+@pytest.mark.parametrize("sd", [1.0, 0.5])
+def test_dpmpp_sde_samples_have_the_data_variance(sd, steps, tol):
+    eps_fn = gaussian_eps_fn(np.array([0.2]), np.array([[sd ** 2]]), ("a",))
+    out = sample(eps_fn, SCHED, jax.random.key(11), shapes={"a": SHAPES["a"]}, batch=4096, conditions={},
+                 generate=("a",), steps=steps, sampler="dpm++sde", spacing="logsnr")["a"]
+    m, s = moments(out)
+    ratio = s ** 2 / sd ** 2
+    print(sd, steps, round(ratio, 4), round(m, 4))
+    assert np.all(np.isfinite(np.asarray(out))) and abs(ratio - 1) < tol and abs(m - 0.2) < 0.02, (ratio, m)
+
+
+def test_dpmpp_sde_at_eta_zero_is_dpmpp():
+    a = draw_a()
+    for kw in (dict(), dict(known={"b": (draw_a(3), one_unknown_pixel())}, resample=1)):
+        np.testing.assert_allclose(run(("b",), {"a": a}, steps=6, sampler="dpm++sde", eta=0.0, **kw)["b"],
+                                   run(("b",), {"a": a}, steps=6, sampler="dpm++", **kw)["b"], rtol=0, atol=1e-4)
+
+
 def test_absent_noise_marginalises_but_noise_as_clean_data_does_not():
     """absent="noise" (A fed noise at t = N) gives B's marginal; the release's t = 0 does not."""
     mu_b, sd_b = MEAN[1], np.sqrt(COV[1, 1])
@@ -191,9 +237,10 @@ def test_absent_modalities(absent):
         assert len(set(noise)) == len(noise)  # fresh noise at every step
 
 
-def test_conditions_bit_identical_and_seeded():
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++sde"])
+def test_conditions_bit_identical_and_seeded(sampler):
     a = draw_a()
-    jitted = jax.jit(functools.partial(run, ("b",)))  # ``a`` becomes a traced input
+    jitted = jax.jit(functools.partial(run, ("b",), sampler=sampler, steps=10))  # ``a`` becomes a traced input
     out1, out2, out3 = jitted({"a": a}, rng=0), jitted({"a": a}, rng=0), jitted({"a": a}, rng=1)
     assert out1["a"].dtype == a.dtype and np.array_equal(np.asarray(out1["a"]), np.asarray(a))
     assert np.array_equal(out1["b"], out2["b"])
@@ -208,12 +255,14 @@ def test_guidance_one_and_zero_are_the_plain_samplers():
 
 
 @pytest.mark.parametrize("absent", ["drop", "noise"])
-def test_guidance_scales_the_dependence_on_the_condition(absent):
+@pytest.mark.parametrize("solver", [dict(), dict(sampler="dpm++sde", steps=20, spacing="logsnr")],
+                         ids=["ddim50", "dpm++sde20"])
+def test_guidance_scales_the_dependence_on_the_condition(absent, solver):
     """Regression slope of B on the given A: 0 unguided, the exact SLOPE at w = 1, steeper above."""
     a = draw_a()
-    slope = {w: np.polyfit(np.asarray(a).ravel(), np.asarray(run(("b",), {"a": a}, guidance=w,
-                                                                  absent=absent)["b"]).ravel(), 1)[0]
-             for w in (0.0, 1.0, 2.0)}
+    out = {w: run(("b",), {"a": a}, guidance=w, absent=absent, **solver)["b"] for w in (0.0, 1.0, 2.0)}
+    assert all(v.shape == a.shape and np.all(np.isfinite(np.asarray(v))) for v in out.values())
+    slope = {w: np.polyfit(np.asarray(a).ravel(), np.asarray(v).ravel(), 1)[0] for w, v in out.items()}
     assert abs(slope[0.0]) < 0.05 and abs(slope[1.0] - SLOPE) < 0.05 and slope[2.0] > SLOPE + 0.2, slope
 
 
@@ -244,7 +293,7 @@ def test_timestep_grids():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(generate=("a",), conditions={"a": None}), r"\['a'\] are both given as conditions and asked"),
-    (dict(sampler="euler"), r"unknown sampler 'euler': choose one of \('ddim', 'dpm\+\+'\)"),
+    (dict(sampler="euler"), r"unknown sampler 'euler': choose one of \('ddim', 'dpm\+\+', 'dpm\+\+sde'\)"),
     (dict(steps=0), r"steps must be an integer in \[1, 1000\]"),
     (dict(steps=2.5), r"steps must be an integer"),
     (dict(conditions={"a": np.zeros((BATCH, 2, 4, 3))}),
@@ -305,8 +354,9 @@ def one_unknown_pixel(batch=BATCH):
 
 @pytest.mark.parametrize("solver", [dict(sampler="ddim", steps=5), dict(sampler="dpm++", steps=5),
                                     dict(sampler="ddim", steps=5, eta=1.0, resample=1),
-                                    dict(sampler="dpm++", steps=5, resample=2)], ids=["ddim", "dpm++", "ddim-eta1-r1",
-                                                                                     "dpm++-r2"])
+                                    dict(sampler="dpm++", steps=5, resample=2), dict(sampler="dpm++sde", steps=5),
+                                    dict(sampler="dpm++sde", steps=5, resample=1)],
+                         ids=["ddim", "dpm++", "ddim-eta1-r1", "dpm++-r2", "dpm++sde", "dpm++sde-r1"])
 def test_known_latent_pixels_come_back_exactly(solver):
     z0, mask = draw_a(), one_unknown_pixel()
     out = run(("a", "b"), known={"a": (z0, mask)}, **solver)

@@ -68,7 +68,7 @@ def test_one_window_is_exactly_one_footprint_generation(model, small_world):
     np.testing.assert_allclose(res[S2], plain[S2][0], rtol=0, atol=1e-6 * np.abs(plain[S2]).max())
 
 
-@pytest.mark.parametrize("sampler,guidance", [("ddim", 1.0), ("dpm++", 2.0)])
+@pytest.mark.parametrize("sampler,guidance", [("ddim", 1.0), ("dpm++", 2.0), ("dpm++sde", 2.0)])
 def test_an_area_is_one_georeferenced_image_per_modality(model, big_world, tmp_path, sampler, guidance):
     res = area.generate_area(model, [S2, DEM], {LULC: big_world[LULC]}, n_samples=2, steps=2, sampler=sampler,
                              guidance=guidance, window_batch=4, overlap=960)

@@ -29,11 +29,13 @@ DEM_IN = {DEM: np.random.default_rng(2).uniform(0, 900, (1, 16, 16))}
 
 
 @pytest.mark.parametrize("opts", [dict(sampler="ddim"), dict(sampler="dpm++"), dict(sampler="ddim", guidance=2.0),
-                                  dict(sampler="dpm++", resample=1)], ids=["ddim", "dpm++", "guidance2", "dpm++-r1"])
+                                  dict(sampler="dpm++", resample=1), dict(sampler="dpm++sde", resample=1)],
+                         ids=["ddim", "dpm++", "guidance2", "dpm++-r1", "dpm++sde-r1"])
 def test_known_pixels_kept_exactly_and_only_the_gap_varies(model, opts):
     pixels, mask = scene(), gap_mask()
     gen = model.generate([], DEM_IN, known={S2: (pixels, mask)}, n_samples=3, steps=2, seed=5, stats=True, **opts)
     assert gen.settings["generate"] == (S2,) and gen.settings["known"] == (S2,)
+    assert gen.settings["eta"] == (1.0 if opts["sampler"] == "dpm++sde" else 0.0)  # each sampler's default
     out, std = gen[S2][0], gen.stats[S2]["std"][0]  # (N, 4, H, W), (4, H, W)
     for sample in out:
         np.testing.assert_array_equal(sample[:, mask], pixels[:, mask])
