@@ -65,7 +65,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def calibration(truth: np.ndarray, samples: np.ndarray, seed=0) -> dict:
     """The calibration curves of one truth against its N samples (N, *truth.shape), as lists."""
-    return {"reliability": metrics.reliability(truth, samples).tolist(),
+    return {"reliability": metrics.reliability(truth, samples, seed=seed).tolist(),
             "pit": metrics.pit_histogram(truth, samples, seed=seed).tolist()}
 
 
@@ -169,8 +169,9 @@ def image_metrics(truth: np.ndarray, samples: np.ndarray, seed=0) -> dict:
         out[key] = float(per_sample.mean())
         out[f"{key}_best_of_n"] = float(best[key](per_sample))
         out[f"{key}_ensemble_mean"] = float(np.mean(fn(samples.mean(0), truth)))
-    out.update(interval_coverage=metrics.interval_coverage(truth, samples), crps=metrics.crps(truth, samples),
-               spread=float(samples.std(0).mean()), **calibration(truth, samples, seed))
+    out.update(interval_coverage=metrics.interval_coverage(truth, samples, seed=seed),
+               crps=metrics.crps(truth, samples), spread=float(samples.std(0).mean()),
+               **calibration(truth, samples, seed))
     return out
 
 
@@ -250,8 +251,9 @@ def spread_metrics(registry: Registry, names, truth: dict, samples: dict, seed=0
     parts = []
     for n in names:
         t, x = eval_units(registry[n], truth[n]), eval_units(registry[n], samples[n])
-        parts.append({"pixel_std": float(x.std(0).mean()), "interval_coverage": metrics.interval_coverage(t, x),
-                      "crps": metrics.crps(t, x), "mae_ensemble_mean": float(np.abs(x.mean(0) - t).mean()),
+        parts.append({"pixel_std": float(x.std(0).mean()),
+                      "interval_coverage": metrics.interval_coverage(t, x, seed=seed), "crps": metrics.crps(t, x),
+                      "mae_ensemble_mean": float(np.abs(x.mean(0) - t).mean()),
                       **calibration(t, x, seed)})
     return {k: np.mean([p[k] for p in parts], 0).tolist() for k in parts[0]}
 

@@ -59,25 +59,18 @@ def _curves_of(models: dict, labels: list[str], prefix: str = "") -> dict:
     return out
 
 
-def calibrated(levels, k: int) -> list[float]:
-    """Expected coverage of a calibrated K-member ensemble's sample-quantile central intervals, about
-    level (K - 1) / (K + 1) (exactly for uniform data; see ``metrics.reliability``)."""
-    return [lv * (k - 1) / (k + 1) for lv in levels]
-
-
 def _calibration_md(rows: list[tuple], levels, k: int, first: str) -> list[str]:
     """rows: [(name, model, reliability, pit)] -> the reliability table and the PIT summary."""
     if not rows or not levels:
         return []
     bins = len(rows[0][3])
-    lines = ["Calibration: the share of true values inside the central interval of the samples of each "
-             f"nominal mass (calibrated: the mass itself, or about {(k - 1) / (k + 1):.3f} of it with the "
-             f"sample quantiles of K = {k} samples); PIT: the histogram of the truth's randomised rank among the "
-             f"samples, {bins} bins, flat at {1 / bins:.3f} when calibrated (heavy ends: intervals too "
-             "narrow; one heavy end: biased). Means over the observations.", ""]
-    cal = [["", f"calibrated (K = {k})"] + [_num(v) for v in calibrated(levels, k)]]
+    lines = ["Calibration: the share of true values inside the central interval of each nominal mass, "
+             f"from the truth's randomised rank among the K = {k} samples (calibrated: the mass itself, "
+             "whatever K; a model without spread covers only its exact hits); PIT: the histogram of that rank, "
+             f"{bins} bins, flat at {1 / bins:.3f} when calibrated (heavy ends: intervals too narrow; one heavy "
+             "end: biased). Means over the observations.", ""]
     lines += _table([first, "model"] + [f"{lv:.0%}" for lv in levels],
-                    cal + [[a, m] + [_num(v) for v in rel] for a, m, rel, _ in rows]) + [""]
+                    [[a, m] + [_num(v) for v in rel] for a, m, rel, _ in rows]) + [""]
     pit_rows = [[a, m, _num(None if None in (pit[0], pit[-1]) else pit[0] + pit[-1]),
                  " ".join("–" if v is None else f"{v:.2f}" for v in pit)] for a, m, _, pit in rows]
     return lines + _table([first, "model", f"PIT ends (flat: {2 / bins:.3f})", "PIT histogram, low → high"],
@@ -271,8 +264,7 @@ def plot_reliability(panels: list, k: int, path: str) -> str:
     plt = _pyplot()
     fig, axes = _grid(plt, len(panels))
     for ax, (title, levels, curves) in zip(axes, panels):
-        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="calibrated")
-        ax.plot(levels, calibrated(levels, k), color="grey", ls=":", lw=1, label=f"calibrated, K = {k}")
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label=f"calibrated (K = {k} samples)")
         for m, (rel, _) in curves.items():
             ax.plot(levels, _values(rel), marker="o", label=m)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal interval mass", ylabel="empirical coverage", title=title)

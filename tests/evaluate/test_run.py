@@ -181,7 +181,7 @@ def test_markdown_tables_and_plots(report):
     assert "| metric | diffusion | baseline |" in md and "| spectra: recall |" in md
     assert "| DEM + LULC + S1RTC | baseline |" in md
     assert md.count("| modality | model | 10% | 20% | 30% | 40% | 50% | 60% | 70% | 80% | 90% |") == 1
-    assert md.count("| given | model | 10% |") == 1 and "|  | calibrated (K = 3) | 0.050 | 0.100 |" in md
+    assert md.count("| given | model | 10% |") == 1 and "randomised rank among the K = 3 samples" in md
     assert f"| {S2} | baseline | 0.000 | 0.000 |" in md and "| DEM + LULC + S1RTC | baseline | 0.000 |" in md
     assert md.count("| PIT ends (flat: 0.200) | PIT histogram, low → high |") == 2
     assert results["plots"] == ["stochastic.png", "tasks.png", "narrowing.png", "reliability.png", "pit.png"]

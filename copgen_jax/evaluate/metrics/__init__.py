@@ -14,7 +14,8 @@ evaluation units (S2 reflectance = DN / 1e4, S1 in dB, DEM in metres), per band 
 Calibration (an ensemble of M samples on axis 0 against the truth):
   interval_coverage    share of true values inside the per-pixel [5, 95] % sample interval
   crps                 ensemble CRPS, E|X - y| - 0.5 E|X - X'| (equals MAE for M = 1)
-  reliability          coverage of the central sample interval of each nominal mass 0.1 .. 0.9
+  reliability          coverage of the central interval of each nominal mass 0.1 .. 0.9 (rank-based:
+                       a calibrated ensemble covers the mass itself, whatever its size)
   pit_histogram        histogram of the truth's randomised rank among the samples (PIT; flat
                        when calibrated, U-shaped when the samples are too narrow)
 
@@ -42,7 +43,7 @@ from copgen_jax.evaluate.metrics.distribution import (
     valid_real_image, wasserstein_per_band)
 from copgen_jax.evaluate.metrics.pointwise import (
     EARTH_RADIUS_KM, PIT_BINS, RELIABILITY_LEVELS, class_accuracy, confusion_matrix, crps, day_error,
-    fw_iou, haversine_km, interval_coverage, mae, mean_f1, miou, month_accuracy, pit_histogram, psnr,
+    fw_iou, haversine_km, interval_coverage, mae, mean_f1, miou, month_accuracy, pit_histogram, pit_values, psnr,
     reliability, rmse, ssim, within_km_accuracy, year_accuracy)
 
 __all__ = [
@@ -52,7 +53,7 @@ __all__ = [
     "haversine_km", "within_km_accuracy", "EARTH_RADIUS_KM",
     "day_error", "month_accuracy", "year_accuracy",
     # calibration
-    "interval_coverage", "crps", "reliability", "pit_histogram", "RELIABILITY_LEVELS", "PIT_BINS",
+    "interval_coverage", "crps", "reliability", "pit_histogram", "pit_values", "RELIABILITY_LEVELS", "PIT_BINS",
     # distributional
     "precision_recall", "nn_accuracy", "mmd", "wasserstein_per_band",
     "spectral_range_coverage", "intra_set_distance", "valid_real_image",

@@ -302,17 +302,30 @@ def _ensemble(fn, truth, samples):
     return truth, samples
 
 
-def interval_coverage(truth, samples, lo=5, hi=95, mask=None):
-    """Share of valid true values inside their per-pixel [lo, hi] percentile interval of the
-    ensemble ``samples`` (M, *truth.shape) (linear-interpolated percentiles, ends inclusive).
-    A calibrated ensemble scores about (hi - lo) / 100."""
+def interval_coverage(truth, samples, lo=5, hi=95, mask=None, seed=0):
+    """Share of valid true values inside the [lo, hi] percentile interval of their ensemble
+    ``samples`` (M, *truth.shape), by rank: inside when the truth's randomised PIT
+    (:func:`pit_values`) lies in [lo / 100, hi / 100]. A calibrated ensemble scores
+    (hi - lo) / 100 in expectation whatever its size M; the interval between the M members'
+    own percentiles would cover only about (hi - lo) / 100 (M - 1) / (M + 1) (0.70 for [5, 95]
+    with 8 members). Few members resolve little beyond their own range, though: 8 members far
+    too narrow still score about 0.6 for [5, 95], so read it beside the PIT histogram. Where
+    every member is the same value the interval is that value: a point forecast covers only its
+    exact hits."""
     if not 0 <= lo < hi <= 100:
         raise ValueError(f"interval_coverage: need 0 <= lo < hi <= 100, got lo={lo}, hi={hi}")
     truth, samples = _ensemble("interval_coverage", truth, samples)
     mask = _mask("interval_coverage", mask, truth.shape)
-    q_lo, q_hi = np.percentile(samples, [lo, hi], axis=0)
-    inside = (q_lo <= truth) & (truth <= q_hi)
+    inside = _inside_by_rank(truth, samples, lo / 100, hi / 100, seed)
     return float(_ratio(inside[mask].sum(), mask.sum()))
+
+
+def _inside_by_rank(truth, samples, lo, hi, seed):
+    """Per pixel, whether the truth's randomised PIT is in [lo, hi] (arrays broadcast against
+    ``truth.shape``); where all members agree, whether the truth is exactly that value."""
+    pit = pit_values(truth, samples, seed)
+    point = (samples == samples[0]).all(0)
+    return np.where(point, samples[0] == truth, (lo <= pit) & (pit <= hi))
 
 
 def crps(truth, samples, mask=None):
@@ -338,27 +351,28 @@ RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PIT_BINS = 10
 
 
-def reliability(truth, samples, levels=RELIABILITY_LEVELS, mask=None):
-    """Empirical coverage of each central interval: (L,) float64, one share per nominal ``level``.
-
-    For a level p in [0, 1] the interval runs, per pixel over the ensemble axis, from the
-    (1 - p) / 2 to the (1 + p) / 2 quantile of ``samples`` (M, *truth.shape) (linear
-    interpolation, ends inclusive, as :func:`interval_coverage`: level 0.9 equals its [5, 95]).
-    A calibrated ensemble covers about p at every level, or rather about p (M - 1) / (M + 1) (exact
-    in expectation for uniform data): the sample quantiles of M members sit inside the true ones.
-    Under-dispersed samples fall below, and a point forecast (M identical members) covers only
-    exact hits (~0).
-    """
+def reliability(truth, samples, levels=RELIABILITY_LEVELS, mask=None, seed=0):
+    """Empirical coverage of each central interval: (L,) float64, one share per nominal ``level``:
+    :func:`interval_coverage` of [50 - 50 p, 50 + 50 p] for each level p, so a calibrated
+    ensemble of any size covers p, an under-dispersed one less, a point forecast its exact hits."""
     levels = np.asarray(levels, np.float64)
     if levels.ndim != 1 or not levels.size or ((levels < 0) | (levels > 1)).any():
         raise ValueError(f"reliability: levels must be a non-empty 1-D list of nominal masses in [0, 1], "
                          f"got {levels.tolist()}")
     truth, samples = _ensemble("reliability", truth, samples)
     mask = _mask("reliability", mask, truth.shape)
-    q = np.quantile(samples, np.concatenate([(1 - levels) / 2, (1 + levels) / 2]), axis=0)
-    q_lo, q_hi = q[:len(levels)], q[len(levels):]
-    inside = (q_lo <= truth) & (truth <= q_hi)  # (L, *truth.shape)
+    half = levels.reshape((-1,) + (1,) * truth.ndim) / 2
+    inside = _inside_by_rank(truth, samples, 0.5 - half, 0.5 + half, seed)  # (L, *truth.shape)
     return _ratio(inside[:, mask].sum(1), mask.sum())
+
+
+def pit_values(truth, samples, seed=0) -> np.ndarray:
+    """The truth's randomised rank among its M members, per pixel, in [0, 1] (``truth.shape``):
+    ``(#{x_i < y} + U (#{x_i = y} + 1)) / (M + 1)``, U uniform on [0, 1) (``default_rng(seed)``).
+    Uniform on [0, 1] when the truth is exchangeable with the members, whatever M."""
+    below, ties = (samples < truth).sum(0), (samples == truth).sum(0)
+    u = np.random.default_rng(seed).random(truth.shape)
+    return (below + u * (ties + 1)) / (samples.shape[0] + 1)
 
 
 def pit_histogram(truth, samples, bins=PIT_BINS, mask=None, seed=0):
@@ -366,8 +380,7 @@ def pit_histogram(truth, samples, bins=PIT_BINS, mask=None, seed=0):
     fractions of [0, 1] in equal bins, summing to 1 (NaN when no pixel is valid).
 
     The PIT of an M-member ensemble is the truth's randomised rank among the M + 1 values
-    (truth and members): ``PIT = (#{x_i < y} + U (#{x_i = y} + 1)) / (M + 1)`` with U uniform
-    on [0, 1) per pixel (``np.random.default_rng(seed)``). When the truth is exchangeable with
+    (truth and members, :func:`pit_values`). When the truth is exchangeable with
     the members its rank is uniform on 0..M and the PIT uniform on [0, 1]: a flat histogram
     (1 / bins per bin). Too narrow an ensemble piles the PIT at both ends (U-shaped), too wide
     a one in the middle, a biased one at one end. A point forecast (identical members) puts
@@ -377,8 +390,5 @@ def pit_histogram(truth, samples, bins=PIT_BINS, mask=None, seed=0):
         raise ValueError(f"pit_histogram: bins must be a positive integer, got {bins}")
     truth, samples = _ensemble("pit_histogram", truth, samples)
     mask = _mask("pit_histogram", mask, truth.shape)
-    below, ties = (samples < truth).sum(0), (samples == truth).sum(0)
-    u = np.random.default_rng(seed).random(truth.shape)
-    pit = (below + u * (ties + 1)) / (samples.shape[0] + 1)
-    counts = np.histogram(pit[mask], bins=int(bins), range=(0.0, 1.0))[0]
+    counts = np.histogram(pit_values(truth, samples, seed)[mask], bins=int(bins), range=(0.0, 1.0))[0]
     return _ratio(counts, mask.sum())
