@@ -94,6 +94,28 @@ def test_solvers_benchmark_tabulates_every_setting(tiny_demo, tmp_path):
     assert set(mae) == set(labels) and mae["ddim50"] != mae["ddim50 seed 1"]  # another seed, other samples
 
 
+def test_calibration_benchmark_compares_variants_and_fits_a_scale_on_training_places(tiny_demo, tmp_path):
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import calibration
+    _, workdir, _ = tiny_demo
+    out = tmp_path / "calibration.json"
+    assert calibration.main([f"--workdir={workdir}", "--variants=ddim,ddim:guidance=2", "--cells=1", "--samples=2",
+                             "--steps=2", "--scale", "--fit-cells=2", f"--out={out}"]) == 0
+    result = json.loads(out.read_text())["variants"]
+    assert list(result) == ["ddim", "ddim:guidance=2", "ddim scaled"]
+    assert all(list(v["levels"]) == ["nothing", "DEM"] for v in result.values())  # the run has no LULC or S1
+    # Without conditions guidance has nothing to amplify: the same samples; given the DEM it differs.
+    plain, guided = result["ddim"]["levels"], result["ddim:guidance=2"]["levels"]
+    assert plain["nothing"] == guided["nothing"] and plain["DEM"]["std"] != guided["DEM"]["std"]
+    assert set(result["ddim scaled"]["scale"]) == {"nothing", "DEM_DEM"}
+    assert all(v > 0 for v in result["ddim scaled"]["scale"].values())
+    assert calibration.parse_variant("dpm++sde:eta=0.5,weights=raw,steps=9") == (
+        "dpm++sde", {"sampler": "dpm++sde", "eta": 0.5, "steps": 9}, {"weights": "raw"})
+    with pytest.raises(ValueError, match="'eta' is not key=value"):
+        calibration.parse_variant("ddim:eta")
+
+
 def test_report_footprints_span_cells_first():
     from copgen_jax.evaluate.demo_report import pick_footprints
 
