@@ -63,9 +63,14 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+COVERAGE_LEVEL = metrics.RELIABILITY_LEVELS.index(0.9)  # the curve's point that is the [5, 95] interval
+
+
 def calibration(truth: np.ndarray, samples: np.ndarray, seed=0) -> dict:
-    """The calibration curves of one truth against its N samples (N, *truth.shape), as lists."""
-    return {"reliability": metrics.reliability(truth, samples, seed=seed).tolist(),
+    """One truth against its N samples (N, *truth.shape): 5-95 % interval coverage and the
+    calibration curves (as lists), from one set of the PIT's randomising draws."""
+    curve = metrics.reliability(truth, samples, seed=seed)
+    return {"interval_coverage": float(curve[COVERAGE_LEVEL]), "reliability": curve.tolist(),
             "pit": metrics.pit_histogram(truth, samples, seed=seed).tolist()}
 
 
@@ -169,8 +174,7 @@ def image_metrics(truth: np.ndarray, samples: np.ndarray, seed=0) -> dict:
         out[key] = float(per_sample.mean())
         out[f"{key}_best_of_n"] = float(best[key](per_sample))
         out[f"{key}_ensemble_mean"] = float(np.mean(fn(samples.mean(0), truth)))
-    out.update(interval_coverage=metrics.interval_coverage(truth, samples, seed=seed),
-               crps=metrics.crps(truth, samples), spread=float(samples.std(0).mean()),
+    out.update(crps=metrics.crps(truth, samples), spread=float(samples.std(0).mean()),
                **calibration(truth, samples, seed))
     return out
 
@@ -251,10 +255,8 @@ def spread_metrics(registry: Registry, names, truth: dict, samples: dict, seed=0
     parts = []
     for n in names:
         t, x = eval_units(registry[n], truth[n]), eval_units(registry[n], samples[n])
-        parts.append({"pixel_std": float(x.std(0).mean()),
-                      "interval_coverage": metrics.interval_coverage(t, x, seed=seed), "crps": metrics.crps(t, x),
-                      "mae_ensemble_mean": float(np.abs(x.mean(0) - t).mean()),
-                      **calibration(t, x, seed)})
+        parts.append({"pixel_std": float(x.std(0).mean()), "crps": metrics.crps(t, x),
+                      "mae_ensemble_mean": float(np.abs(x.mean(0) - t).mean()), **calibration(t, x, seed)})
     return {k: np.mean([p[k] for p in parts], 0).tolist() for k in parts[0]}
 
 

@@ -121,7 +121,8 @@ def markdown(results: dict) -> str:
     if "tasks" in bench:
         lines += ["## Tasks", ""]
         for name, res in bench["tasks"].items():
-            lines += [f"- {name}: skipped ({res['skipped']})", ""] if "skipped" in res else _task_md(name, res, labels, s["samples"])
+            lines += ([f"- {name}: skipped ({res['skipped']})", ""] if "skipped" in res
+                      else _task_md(name, res, labels, s["samples"]))
     if "narrowing" in bench:
         lines += ["## Uncertainty as conditioning grows", ""]
         lines += ([f"Skipped: {bench['narrowing']['skipped']}"] if "levels" not in bench["narrowing"]
@@ -150,6 +151,14 @@ def _bars(ax, labels, keys, stats_of, title):
     ax.legend()
 
 
+def _save(plt, fig, path: str) -> str:
+    fig.tight_layout()
+    with storage.local_file(path) as local:
+        fig.savefig(local, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_stochastic(res: dict, labels: list[str], path: str) -> str:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
@@ -169,11 +178,7 @@ def plot_stochastic(res: dict, labels: list[str], path: str) -> str:
     ax.set_ylabel(ex["bands"][b])
     ax.set_title(f"per-image band means at {ex['location']}")
     ax.legend()
-    fig.tight_layout()
-    with storage.local_file(path) as local:
-        fig.savefig(local, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_tasks(tasks: dict, labels: list[str], path: str) -> str | None:
@@ -187,11 +192,7 @@ def plot_tasks(tasks: dict, labels: list[str], path: str) -> str | None:
         have = {k.split("/", 1)[1] for k in res["models"][labels[0]] if k.startswith(first + "/")}
         keys = [k for k in ("mae", "mae_best_of_n", "crps", "accuracy", "accuracy_best_of_n", "miou") if k in have]
         _bars(ax, labels, keys, lambda m, k: res["models"][m].get(f"{first}/{k}"), f"{name}\n{first}")
-    fig.tight_layout()
-    with storage.local_file(path) as local:
-        fig.savefig(local, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_narrowing(res: dict, labels: list[str], path: str) -> str:
@@ -213,19 +214,7 @@ def plot_narrowing(res: dict, labels: list[str], path: str) -> str:
         ax.set_title(title)
         ax.legend()
     fig.suptitle(f"Generated {' + '.join(res['generated'])} as conditioning grows")
-    fig.tight_layout()
-    with storage.local_file(path) as local:
-        fig.savefig(local, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _save(plt, fig, path: str) -> str:
-    fig.tight_layout()
-    with storage.local_file(path) as local:
-        fig.savefig(local, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _grid(plt, n: int, cols: int = 4):
